@@ -1,0 +1,103 @@
+"""Image-quality and rate metrics: PSNR, MS-SSIM (any size), bits per pixel.
+
+Images are float tensors in [0, 1], shape (N, C, H, W). Per-image values are
+averaged over the batch, as CompressAI's evaluation does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def mse_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (x_hat - x).pow(2).flatten(1).mean(1)
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean over the batch of each image's PSNR in dB (identical images give 100 dB, not inf)."""
+    mse = mse_per_image(x_hat.float(), x.float()).clamp_min(1e-10)
+    return (10 * torch.log10(data_range**2 / mse)).mean()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+
+
+def _ssim_and_cs(x, y, win, data_range):
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    channels = x.shape[1]
+
+    def blur(t):
+        t = F.conv2d(t, win, groups=channels)
+        return F.conv2d(t, win.transpose(2, 3), groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x**2
+    syy = blur(y * y) - mu_y**2
+    sxy = blur(x * y) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    ssim = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * cs
+    return ssim.flatten(2).mean(-1), cs.flatten(2).mean(-1)  # (N, C)
+
+
+def ms_ssim(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0, win_size: int = 11) -> torch.Tensor:
+    """Multi-scale SSIM (Wang et al. 2003), averaged over the batch.
+
+    For images of at least 161 pixels a side this is the standard 5-scale measure
+    (as in pytorch-msssim, which CompressAI uses). Smaller images, such as the
+    training crops of a smoke run, use as many scales as fit (weights
+    renormalised) and, below 11 pixels, a smaller window: defined everywhere
+    rather than an error.
+    """
+    x_hat, x = x_hat.float(), x.float()
+    side = min(x.shape[-2:])
+    win_size = min(win_size, side if side % 2 else side - 1)
+    win_size = max(win_size, 1)
+    levels = 1
+    while levels < len(MS_SSIM_WEIGHTS) and side > (win_size - 1) * 2**levels:
+        levels += 1
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], device=x.device, dtype=x.dtype)
+    weights = weights / weights.sum()
+    win = _gaussian_window(win_size, 1.5, x.shape[1], x.device, x.dtype)
+    factors = []
+    for level in range(levels):
+        ssim, cs = _ssim_and_cs(x_hat, x, win, data_range)
+        if level < levels - 1:
+            factors.append(torch.relu(cs))
+            pad = [s % 2 for s in x.shape[2:]]
+            x_hat = F.avg_pool2d(x_hat, 2, padding=pad)
+            x = F.avg_pool2d(x, 2, padding=pad)
+    factors.append(torch.relu(ssim))
+    stacked = torch.stack(factors, 0)  # (levels, N, C)
+    value = torch.prod(stacked ** weights.view(-1, 1, 1), 0)
+    return value.mean()
+
+
+def ms_ssim_db(value: torch.Tensor | float) -> float:
+    """MS-SSIM on a dB scale, -10 log10(1 - value), as CompressAI reports it."""
+    value = float(value)
+    return -10 * math.log10(max(1.0 - value, 1e-10))
+
+
+def bpp_from_likelihoods(likelihoods: Mapping[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
+    """Estimated bits per pixel from an entropy model's likelihoods (N * H * W pixels)."""
+    bits = sum(torch.log(l).sum() for l in likelihoods.values())
+    return bits / (-math.log(2) * num_pixels)
+
+
+def bpp_from_bytes(num_bytes: int, height: int, width: int) -> float:
+    """Real bits per pixel of a byte count for one image."""
+    return 8.0 * num_bytes / (height * width)
+
+
+def count_bytes(strings: Iterable[Iterable[bytes]]) -> int:
+    return sum(len(s) for group in strings for s in group)

@@ -1,0 +1,111 @@
+"""LAE: lossy autoencoders with entropy-coded latents, on CompressAI's reference architectures.
+
+The networks are CompressAI's own classes, unchanged, so their state dicts stay
+loadable by CompressAI. This module adds what every caller needs around them:
+building from a plain spec, any image size (edge padding to the network's stride,
+cropped back), and a compress/decompress pair that carries the original size.
+
+Channel counts: ``channels`` is CompressAI's ``N`` (width of the transforms),
+``latent_channels`` its ``M`` (channels of the coded latent y). They are named
+apart from MLLAE-N's byte budget on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
+from compressai.models.base import CompressionModel
+
+from compressml.errors import ConfigError
+from compressml.models.padding import crop_to, pad_to_multiple
+
+# architecture name -> (CompressAI class, spatial stride the input must divide by)
+ARCHITECTURES: dict[str, tuple[type[CompressionModel], int]] = {
+    "factorized": (FactorizedPrior, 16),  # bmshj2018-factorized
+    "hyperprior": (ScaleHyperprior, 64),  # bmshj2018-hyperprior
+    "mean_scale": (MeanScaleHyperprior, 64),  # mbt2018-mean
+}
+
+
+def build_lae(arch: str, channels: int = 128, latent_channels: int = 192) -> CompressionModel:
+    """A fresh CompressAI model for ``arch`` (one of :data:`ARCHITECTURES`)."""
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown LAE architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    if channels < 1 or latent_channels < 1:
+        raise ConfigError(f"LAE channel counts must be positive, got channels={channels}, latent_channels={latent_channels}")
+    cls, _ = ARCHITECTURES[arch]
+    return cls(N=channels, M=latent_channels)
+
+
+def stride_of(model: CompressionModel) -> int:
+    """The multiple an input's height and width must be for ``model``."""
+    for cls, stride in ARCHITECTURES.values():
+        if type(model) is cls:
+            return stride
+    return 64  # the largest stride of CompressAI's image models; always safe
+
+
+@dataclass
+class LAEPayload:
+    """What :func:`compress` produces: the coded strings plus everything needed to decode them."""
+
+    strings: list[list[bytes]]  # one list per latent (y, then z), one bytes per image
+    shape: tuple[int, int]  # spatial shape of the top latent (CompressAI's "shape")
+    size: tuple[int, int]  # original (H, W) before padding
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(s) for group in self.strings for s in group)
+
+
+def forward_padded(model: CompressionModel, x: torch.Tensor) -> dict:
+    """``model(x)`` for any H, W: pads, runs, crops ``x_hat`` back (likelihoods stay padded)."""
+    padded, size = pad_to_multiple(x, stride_of(model))
+    out = model(padded)
+    out["x_hat"] = crop_to(out["x_hat"], size)
+    return out
+
+
+@torch.no_grad()
+def compress(model: CompressionModel, x: torch.Tensor) -> LAEPayload:
+    """Entropy-code a batch (N, 3, H, W) through the rANS coder. The model must be updated."""
+    padded, size = pad_to_multiple(x, stride_of(model))
+    out = model.compress(padded)
+    return LAEPayload(strings=out["strings"], shape=tuple(out["shape"]), size=size)
+
+
+@torch.no_grad()
+def decompress(model: CompressionModel, payload: LAEPayload) -> torch.Tensor:
+    """Inverse of :func:`compress`: the reconstruction, cropped to the original size, clamped to [0, 1]."""
+    out = model.decompress(payload.strings, payload.shape)
+    return crop_to(out["x_hat"], payload.size).clamp_(0, 1)
+
+
+def is_updated(model: CompressionModel) -> bool:
+    """True when every entropy model has CDF tables, i.e. the model can code."""
+    from compressai.entropy_models import EntropyModel
+
+    return all(m._offset.numel() > 0 for m in model.modules() if isinstance(m, EntropyModel))
+
+
+def load_coding_state(model: CompressionModel, state_dict: dict, strict: bool = True):
+    """Load a state dict whose CDF tables may have another size than the model's.
+
+    ``update()`` gives the entropy models' buffers (``_quantized_cdf``, ``_offset``,
+    ``_cdf_length``, ``scale_table``) data-dependent shapes. A plain load then fails
+    with "size mismatch"; CompressAI's own load only resizes buffers that are still
+    empty. Here every entropy-model buffer takes the incoming shape, whatever it was.
+    """
+    from compressai.entropy_models import EntropyModel
+
+    for module_name, module in model.named_modules():
+        if not isinstance(module, EntropyModel):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        for buf_name, buf in module.named_buffers(recurse=False):
+            incoming = state_dict.get(prefix + buf_name)
+            if incoming is not None and incoming.shape != buf.shape:
+                buf.resize_(incoming.shape)
+    return torch.nn.Module.load_state_dict(model, state_dict, strict=strict)

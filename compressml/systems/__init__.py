@@ -1,0 +1,12 @@
+"""One LightningModule per model family: training only (optimisers, logging, validation)."""
+
+from compressml.systems.lae import LAESystem
+
+__all__ = ["LAESystem", "reserved_family"]
+
+
+def reserved_family(family: str, **_):
+    """Config target of model groups reserved for families this version does not ship yet."""
+    from compressml.errors import ConfigError
+
+    raise ConfigError(f"model={family} is reserved for a model family this version does not ship yet; use model=lae")

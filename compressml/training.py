@@ -1,0 +1,139 @@
+"""The training job behind train.py: instantiate everything from the composed config, fit, summarise."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from compressml.errors import CompressMLError, ConfigError
+from compressml.loggers import wandb_run_dir
+from compressml.systems.lae import plain
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = (
+    ("val/loss", "loss (-g)"),
+    ("val/psnr", "PSNR (dB)"),
+    ("val/ms_ssim", "MS-SSIM"),
+    ("val/bpp", "bpp (estimated)"),
+    ("val/bpp_real", "bpp (real, rANS)"),
+    ("val/psnr_real", "PSNR decoded (dB)"),
+    ("val/aux_loss", "aux loss"),
+)
+
+
+def instantiate(node: Any, what: str, **kwargs):
+    """Hydra's instantiate, with user mistakes turned into one-line :class:`CompressMLError`."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, CompressMLError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, CompressMLError):
+            raise cause from None
+        raise ConfigError(f"{what}: {str(e).splitlines()[0]}") from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Missing mandatory values and impossible paths, before anything heavy starts."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        example = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"missing required config value(s): {', '.join(missing)} (set them, e.g. {example})")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: no such checkpoint file: {cfg.ckpt_path}")
+
+
+def _build_all(section: Any, what: str) -> list:
+    if not section:
+        return []
+    return [instantiate(node, f"{what}.{name}") for name, node in section.items() if node and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model; returns the run summary (also printed as a table)."""
+    check_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    started = time.time()
+    datamodule = instantiate(cfg.data, "data")
+    model = instantiate(cfg.model, "model", g=plain(cfg.g))
+    callbacks = _build_all(cfg.get("callbacks"), "callbacks")
+    loggers = _build_all(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams({"config": config} if not isinstance(config, Mapping) else config)
+
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    summary = make_summary(trainer, model, datamodule, loggers, time.time() - started)
+    finish_loggers(loggers, summary)
+    print_summary(summary)
+    return summary
+
+
+def finish_loggers(loggers, summary: dict[str, Any]) -> None:
+    """Close W&B runs (each job of a multirun gets its own run) with the summary attached."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            run = lg.experiment
+            run.summary.update({f"best/{k}": v for k, v in summary["best"].items()})
+            run.finish()
+
+
+def make_summary(trainer: pl.Trainer, model, datamodule, loggers, seconds: float) -> dict[str, Any]:
+    ckpt = trainer.checkpoint_callback
+    best = dict(getattr(model, "best_val", {}) or {})
+    if not best:  # no validation finished after the sanity check: report the latest values
+        best = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    wandb_dirs = [d for d in (wandb_run_dir(lg) for lg in loggers if type(lg).__name__ == "WandbLogger") if d]
+    return {
+        "best": best,
+        "best_checkpoint": getattr(ckpt, "best_model_path", None) or None,
+        "last_checkpoint": (getattr(ckpt, "last_model_path", None) or None) if ckpt else None,
+        "wandb_run_dir": wandb_dirs[0] if wandb_dirs else None,
+        "log_dirs": [lg.log_dir for lg in loggers if getattr(lg, "log_dir", None)],
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "train_images": len(getattr(datamodule, "train_items", [])),
+        "val_images": len(getattr(datamodule, "val_items", [])),
+        "skipped_images": len(getattr(datamodule, "skipped", [])),
+        "seconds": round(seconds, 1),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="compressml training summary", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    best = summary["best"]
+    if "epoch" in best:
+        table.add_row("best epoch / step", f"{best['epoch']} / {best['step']}")
+    for key, label in SUMMARY_METRICS:
+        if key in best:
+            table.add_row(f"best val {label}", f"{best[key]:.4f}")
+    table.add_row("steps / wall time", f"{summary['global_step']} / {summary['seconds']:.0f} s")
+    table.add_row(
+        "images train / val / skipped",
+        f"{summary['train_images']} / {summary['val_images']} / {summary['skipped_images']}",
+    )
+    table.add_row("best checkpoint", str(summary["best_checkpoint"]))
+    table.add_row("last checkpoint", str(summary["last_checkpoint"]))
+    table.add_row("W&B run directory", str(summary["wandb_run_dir"]))
+    Console(width=max(Console().width, 100)).print(table)
