@@ -67,8 +67,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     started = time.time()
-    datamodule = instantiate(cfg.data, "data")
     model = instantiate(cfg.model, "model", g=plain(cfg.g))
+    datamodule = instantiate(cfg.data, "data")
     callbacks = _build_all(cfg.get("callbacks"), "callbacks")
     loggers = _build_all(cfg.get("logger"), "logger")
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams({"config": config} if not isinstance(config, Mapping) else config)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
     summary = make_summary(trainer, model, datamodule, loggers, time.time() - started)
     finish_loggers(loggers, summary)

@@ -1,8 +1,8 @@
 """One LightningModule per model family: training only (optimisers, logging, validation)."""
 
-from compressml.systems.lae import LAESystem
+from compressml.systems.lae import LAESystem, load_lae
 
-__all__ = ["LAESystem", "reserved_family"]
+__all__ = ["LAESystem", "load_lae", "reserved_family"]
 
 
 def reserved_family(family: str, **_):

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from compressml import metrics
-from compressml.errors import ConfigError
+from compressml.errors import CheckpointError, ConfigError
 from compressml.g import check_g, evaluate_g
 from compressml.models.lae import build_lae, compress, decompress, forward_padded, load_coding_state
 
@@ -83,8 +83,11 @@ class LAESystem(pl.LightningModule):
         clip_max_norm: float | None = 1.0,
         real_bpp_images: int = 2,
         log_images: int = 2,
+        family: str = FAMILY,
     ):
         super().__init__()
+        if family != FAMILY:
+            raise CheckpointError(f"this is a {family!r} model, not an LAE")
         net, g, optimizer, scheduler = plain(net), plain(g), plain(optimizer), plain(scheduler)
         optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-4}
         if aux_lr <= 0:
@@ -234,3 +237,18 @@ class LAESystem(pl.LightningModule):
         net_state = {k[len("net.") :]: v for k, v in state_dict.items() if k.startswith("net.")}
         load_coding_state(self.net, net_state, strict=strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def load_lae(path: str | Path, map_location: str | torch.device = "cpu", **overrides) -> LAESystem:
+    """Load an LAE checkpoint safely (``weights_only=True``: no arbitrary unpickling), ready to code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        system = LAESystem.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
+    except CheckpointError:
+        raise
+    except Exception as e:  # corrupt file, foreign pickle, wrong keys: one line for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable compressml LAE checkpoint ({first})") from None
+    return system.eval()

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny images made on the fly, and Hydra composition of train.yaml."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+sys.path.insert(0, str(ROOT))
+
+# a tiny, fast configuration for end-to-end runs on CPU
+TINY = [
+    "trainer=smoke",
+    "logger=csv",
+    "data.crop_size=64",
+    "data.val_crop_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "model.net.channels=8",
+    "model.net.latent_channels=8",
+]
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour image with an edge: compressible, unlike noise, so models can learn it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        fx, fy, ph = rng.uniform(0.02, 0.15, 2).tolist() + [rng.uniform(0, 6)]
+        img[..., c] = 0.5 + 0.35 * np.sin(fx * xx + fy * yy + ph)
+    img[h // 2 :, : w // 3] *= 0.5
+    return (img * 255).round().clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Six small RGB PNGs (two in a nested folder)."""
+    root = tmp_path / "images"
+    (root / "nested").mkdir(parents=True)
+    for i in range(6):
+        sub = root / "nested" if i >= 4 else root
+        Image.fromarray(smooth_image(72 + 4 * i, 80, seed=i)).save(sub / f"img{i}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("COMPRESSML_CACHE", str(tmp_path / "cache"))
+
+
+def compose_train(overrides: list[str], out_dir: Path):
+    """train.yaml composed like train.py would, with outputs under ``out_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.log_dir = str(out_dir)
+        cfg.paths.root_dir = str(ROOT)
+        del cfg["hydra"]
+    return cfg
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300):
+    import subprocess
+
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
