@@ -160,7 +160,7 @@ class LAESystem(pl.LightningModule):
             groups.append({"params": aux, "lr": self.hparams.aux_lr, "name": "aux"})
         optimizer = instantiate_spec(self.hparams.optimizer, "model.optimizer", groups)
         if not self.hparams.scheduler:
-            return optimizer
+            return {"optimizer": optimizer}
         spec = dict(self.hparams.scheduler)
         lightning_keys = {k: spec.pop(k) for k in ("monitor", "interval", "frequency", "strict") if k in spec}
         scheduler = instantiate_spec(spec, "model.scheduler", optimizer)

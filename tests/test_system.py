@@ -1,0 +1,90 @@
+"""The LAE LightningModule without a Trainer: optimisation set-up and learning on a fixed batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressml.errors import CheckpointError, ConfigError
+from compressml.systems import LAESystem
+from conftest import smooth_image
+
+G = {"_target_": "compressml.g.RateDistortion", "lmbda": 0.01}
+
+
+def tiny_system(arch="mean_scale", **kwargs) -> LAESystem:
+    torch.manual_seed(0)
+    return LAESystem(net={"arch": arch, "channels": 8, "latent_channels": 8}, g=G, **kwargs)
+
+
+def fixed_batch() -> torch.Tensor:
+    imgs = [torch.from_numpy(smooth_image(64, 64, seed=s)).permute(2, 0, 1).float() / 255 for s in (1, 2)]
+    return torch.stack(imgs)
+
+
+def test_parameter_groups_are_disjoint_and_complete():
+    system = tiny_system()
+    main, aux = system._main_parameters(), system._aux_parameters()
+    assert aux and main
+    assert {id(p) for p in main}.isdisjoint({id(p) for p in aux})
+    assert len(main) + len(aux) == len(list(system.net.parameters()))
+    opt = system.configure_optimizers()["optimizer"]
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"main": 1e-4, "aux": 1e-3}
+
+
+def test_main_loss_never_reaches_quantiles_and_aux_only_them():
+    system = tiny_system()
+    terms = system.compute_losses(fixed_batch())
+    terms["loss"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in system._aux_parameters())
+    system.zero_grad()
+    system.net.aux_loss().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in system._main_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in system._aux_parameters())
+
+
+@pytest.mark.parametrize("arch", ["factorized", "mean_scale"])
+def test_loss_falls_on_a_fixed_batch(arch):
+    system = tiny_system(arch, optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
+    opt = system.configure_optimizers()["optimizer"]
+    batch = fixed_batch()
+    losses, psnrs = [], []
+    for _ in range(40):
+        terms = system.compute_losses(batch)
+        opt.zero_grad()
+        (terms["loss"] + terms["aux_loss"]).backward()
+        system.configure_gradient_clipping(opt)
+        opt.step()
+        losses.append(terms["loss"].item())
+        psnrs.append(terms["psnr"].item())
+    assert min(losses[-5:]) < 0.6 * losses[0], losses
+    assert max(psnrs[-5:]) > psnrs[0] + 3, psnrs
+
+
+def test_clipping_touches_main_parameters_only():
+    system = tiny_system(clip_max_norm=1e-3)
+    terms = system.compute_losses(fixed_batch())
+    (terms["loss"] + terms["aux_loss"]).backward()
+    aux_before = [p.grad.clone() for p in system._aux_parameters()]
+    system.configure_gradient_clipping(None)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in system._main_parameters() if p.grad is not None]))
+    assert norm.item() == pytest.approx(1e-3, rel=1e-3)
+    assert all(torch.equal(a, p.grad) for a, p in zip(aux_before, system._aux_parameters()))
+
+
+def test_ms_ssim_g_uses_ms_ssim_distortion():
+    system = LAESystem(net={"arch": "factorized", "channels": 8, "latent_channels": 8}, g={**G, "distortion": "ms-ssim", "lmbda": 5})
+    terms = system.compute_losses(fixed_batch())
+    assert 0 <= terms["distortion"].item() <= 1
+
+
+def test_user_g_callable_and_bad_specs():
+    system = LAESystem(net={"arch": "factorized", "channels": 8, "latent_channels": 8}, g=lambda d, r, **c: -(d + r))
+    assert torch.isfinite(system.compute_losses(fixed_batch())["loss"])
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        LAESystem(net={"arch": "factorized"}, g={"_target_": "no.such.g"})
+    with pytest.raises(ConfigError, match="bad arguments"):
+        LAESystem(net={"arch": "factorized"}, g={"_target_": "compressml.g.RateDistortion", "nope": 1})
+    with pytest.raises(CheckpointError):
+        LAESystem(net={"arch": "factorized"}, g=G, family="red")
