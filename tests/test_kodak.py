@@ -13,12 +13,16 @@ from compressml.data.kodak import KODAK_SHA256, download_kodak
 from compressml.errors import DownloadError
 
 
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
 def server(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
-    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a, **k: None
+    handler = partial(QuietHandler, directory=str(served))
     httpd = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -55,3 +59,12 @@ def test_unreachable_server_is_a_clear_error(server, tmp_path):
     _, url = server
     with pytest.raises(DownloadError, match="could not download"):
         download_kodak(tmp_path / "cache", base_url=url, checksums={"missing.png": "0" * 64})
+
+
+def test_cli_download_kodak_error_is_one_line(server, tmp_path, capsys):
+    from compressml.cli import main
+
+    _, url = server
+    code = main(["download-kodak", "--dest", str(tmp_path / "k"), "--url", url])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error: could not download")

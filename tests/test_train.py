@@ -1,0 +1,88 @@
+"""End-to-end training runs composed like train.py (tiny images, a few steps on CPU)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressml.data import load_image
+from compressml.loggers import read_wandb_offline_history
+from compressml.models import compress, decompress, forward_padded
+from compressml.systems import load_lae
+from compressml.training import train
+from conftest import TINY, compose_train
+
+pytestmark = pytest.mark.slow
+
+
+def run(overrides, out_dir: Path):
+    return train(compose_train(TINY + overrides, out_dir))
+
+
+@pytest.mark.parametrize("variant", ["factorized", "hyperprior", "mean_scale"])
+def test_smoke_training_writes_a_checkpoint(variant, image_folder, tmp_path):
+    summary = run([f"model=lae/{variant}", "data=folder", f"data.root={image_folder}"], tmp_path)
+    last = Path(summary["last_checkpoint"])
+    assert last.is_file() and last.name == "last.ckpt"
+    assert Path(summary["best_checkpoint"]).is_file()
+    assert summary["global_step"] == 3
+    assert summary["train_images"] + summary["val_images"] == 6
+    for key in ("val/loss", "val/psnr", "val/bpp", "val/bpp_real", "val/ms_ssim"):
+        assert key in summary["best"], key
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["arch"] == variant
+    assert ckpt["compressml"]["family"] == "lae"
+
+
+def test_checkpoint_reload_codes_like_the_forward_pass(image_folder, tmp_path):
+    summary = run(["model=lae/hyperprior", "data=folder", f"data.root={image_folder}"], tmp_path)
+    system = load_lae(summary["last_checkpoint"])  # no update() call: the checkpoint is ready to code
+    x = load_image(image_folder / "img3.png")[None, :, :45, :71]  # odd size: 45 x 71
+    with torch.no_grad():
+        expected = forward_padded(system.net, x)["x_hat"].clamp(0, 1)
+    payload = compress(system.net, x)
+    decoded = decompress(system.net, payload)
+    assert decoded.shape == x.shape
+    assert torch.allclose(decoded, expected, atol=1e-4)
+
+
+def test_corrupt_images_are_counted_in_the_summary(image_folder, tmp_path):
+    (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    summary = run(["data=folder", f"data.root={image_folder}"], tmp_path)
+    assert summary["skipped_images"] == 1
+    assert summary["train_images"] + summary["val_images"] == 6
+
+
+def test_csv_logs_metrics_and_image_panel(image_folder, tmp_path):
+    summary = run(["data=folder", f"data.root={image_folder}"], tmp_path)
+    log_dir = Path(summary["log_dirs"][0])
+    with open(log_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0])
+    for key in ("train/loss_step", "train/bpp_step", "train/aux_loss_step", "val/bpp_real", "val/ms_ssim", "lr-Adam/main"):
+        assert key in columns, key
+    assert list((log_dir / "images").glob("reconstruction_step*.png"))
+
+
+def test_wandb_offline_run_holds_metrics_and_resume_continues(image_folder, tmp_path):
+    data = ["data=folder", f"data.root={image_folder}"]
+    first = run(["logger=wandb", *data], tmp_path / "first")
+    run_dir = Path(first["wandb_run_dir"])
+    assert run_dir.name.startswith("offline-run-")
+    rows = read_wandb_offline_history(str(run_dir))
+    keys = {k for row in rows for k in row}
+    for key in ("train/loss_step", "train/bpp_step", "val/loss", "val/psnr", "val/bpp_real", "val/aux_loss"):
+        assert key in keys, key
+    assert any(k.startswith("val/reconstruction") for k in keys)
+
+    resumed = run(
+        ["logger=csv", *data, f"ckpt_path={first['last_checkpoint']}", "trainer.max_steps=5", "trainer.limit_train_batches=10", "trainer.max_epochs=3"],
+        tmp_path / "second",
+    )
+    assert resumed["global_step"] == 5
+    with open(Path(resumed["log_dirs"][0]) / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+    assert steps and min(steps) >= 3  # the count went on from the checkpoint's 3 steps
