@@ -86,3 +86,12 @@ def test_wandb_offline_run_holds_metrics_and_resume_continues(image_folder, tmp_
     with open(Path(resumed["log_dirs"][0]) / "metrics.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
     assert steps and min(steps) >= 3  # the count went on from the checkpoint's 3 steps
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "none"])
+def test_other_loggers_and_no_callbacks(logger, image_folder, tmp_path):
+    summary = run([f"logger={logger}", "callbacks=none", "data=folder", f"data.root={image_folder}"], tmp_path)
+    assert summary["global_step"] == 3
+    assert list(tmp_path.rglob("*.ckpt"))  # Lightning's own checkpointing still runs
+    if logger == "tensorboard":
+        assert list(tmp_path.rglob("events.out.tfevents*"))
