@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from compressml.errors import CompressMLError
 
@@ -16,9 +17,77 @@ def _download_kodak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(pairs, out: str, suffix: str) -> list:
+    """Map inputs to outputs: a single file may name its output file, otherwise OUT is a folder."""
+    out_path = Path(out)
+    if len(pairs) == 1 and not out_path.is_dir() and out_path.suffix:
+        return [(pairs[0][0], out_path)]
+    return [(src, out_path / rel.with_suffix(suffix)) for src, rel in pairs]
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from compressml.codec.files import CodecModel, compress_file, expand_inputs
+    from compressml.data.images import IMAGE_SUFFIXES
+
+    jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".cml")
+    _refuse_existing([dst for _, dst in jobs], args.force)
+    model = CodecModel.load(args.model)
+    for src, dst in jobs:
+        r = compress_file(model, src, dst, force=args.force)
+        print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp")
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    from compressml.codec.files import CodecModel, decompress_file, expand_inputs
+
+    jobs = _outputs(expand_inputs(args.inputs, (".cml",)), args.output, "." + args.format)
+    _refuse_existing([dst for _, dst in jobs], args.force)
+    model = CodecModel.load(args.model)
+    for src, dst in jobs:
+        r = decompress_file(model, src, dst, fmt=args.format, force=args.force)
+        print(f"{src} -> {dst}: {r['width']}x{r['height']}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from compressml.codec.files import describe
+
+    for path in args.files:
+        d = describe(Path(path))
+        print(
+            f"{d['file']}: family {d['family']}, weights {d['fingerprint'][:16]}, {d['width']}x{d['height']}, "
+            f"{d['channels']} channel(s), {d['bit_depth']}-bit, {d['bytes']} bytes, {d['bpp']:.4f} bpp"
+        )
+    return 0
+
+
+def _refuse_existing(paths, force: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise CompressMLError(f"{existing[0]} exists{more}: use --force to overwrite")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compressml", description="Learned image compression, config-driven.")
     sub = parser.add_subparsers(dest="command", required=True)
+    comp = sub.add_parser("compress", help="images (files or folders, recursive) to .cml files")
+    comp.add_argument("inputs", nargs="+")
+    comp.add_argument("-m", "--model", required=True, help="a Lightning checkpoint (.ckpt) of an LAE")
+    comp.add_argument("-o", "--output", required=True, help="output folder (or file, for one input)")
+    comp.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    comp.set_defaults(func=_compress)
+    dec = sub.add_parser("decompress", help=".cml files (or folders of them) back to images")
+    dec.add_argument("inputs", nargs="+")
+    dec.add_argument("-m", "--model", required=True, help="the checkpoint that made the files")
+    dec.add_argument("-o", "--output", required=True, help="output folder (or file, for one input)")
+    dec.add_argument("--format", default="png", choices=["png", "bmp", "tiff", "webp"])
+    dec.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    dec.set_defaults(func=_decompress)
+    info = sub.add_parser("info", help="describe .cml files")
+    info.add_argument("files", nargs="+")
+    info.set_defaults(func=_info)
     kodak = sub.add_parser("download-kodak", help="fetch the 24 Kodak images into a local cache, checksum-verified")
     kodak.add_argument("--dest", help="target folder (default: $COMPRESSML_CACHE/kodak or ~/.cache/compressml/kodak)")
     kodak.add_argument("--url", help="base URL of a Kodak mirror (default: the public r0k.us mirror)")

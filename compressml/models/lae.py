@@ -39,6 +39,11 @@ def build_lae(arch: str, channels: int = 128, latent_channels: int = 192) -> Com
     return cls(N=channels, M=latent_channels)
 
 
+def latent_count(model: CompressionModel) -> int:
+    """How many coded latents (strings) a model produces: y, plus z for the hyperpriors."""
+    return 1 if isinstance(model, FactorizedPrior) else 2
+
+
 def stride_of(model: CompressionModel) -> int:
     """The multiple an input's height and width must be for ``model``."""
     for cls, stride in ARCHITECTURES.values():

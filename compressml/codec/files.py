@@ -1,0 +1,171 @@
+"""Files on disk: reading sources, writing outputs atomically, and the compress/decompress jobs.
+
+Outputs are written to a temporary file in the target folder and renamed into
+place, so a crash or a bad input never leaves a half-written file; an existing
+output is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from compressml.codec import container as cml
+from compressml.codec import lae as lae_codec
+from compressml.codec.lae import SourceImage
+from compressml.data.images import IMAGE_SUFFIXES, array_to_tensor, list_images, pil_to_array
+from compressml.errors import CheckpointError, CompressMLError, DataError
+
+OUTPUT_FORMATS = {"png": "PNG", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP"}
+
+
+def read_source(path: Path) -> SourceImage:
+    """Decode an image file, remembering its channels, bit depth and alpha plane."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                mode = img.mode
+                bit_depth = 16 if mode.startswith("I") else 8
+                alpha = None
+                if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+                    alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+                channels = 4 if alpha is not None else (1 if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else 3)
+                rgb = array_to_tensor(pil_to_array(img))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
+    return SourceImage(rgb=rgb, channels=channels, bit_depth=bit_depth, alpha=alpha)
+
+
+def to_pil(image: SourceImage) -> Image.Image:
+    """Decoded RGB back to the original form: grey (8/16-bit), RGB, or RGBA with its alpha."""
+    rgb = image.rgb.clamp(0, 1)
+    if image.channels == 1:
+        grey = rgb.mean(0)
+        if image.bit_depth == 16:
+            return Image.fromarray(grey.mul(65535).round().numpy().astype(np.uint16))
+        return Image.fromarray(grey.mul(255).round().byte().numpy(), mode="L")
+    arr = rgb.mul(255).round().byte().permute(1, 2, 0).numpy()
+    if image.channels == 4 and image.alpha is not None:
+        alpha = image.alpha if image.alpha.dtype == np.uint8 else (image.alpha >> 8).astype(np.uint8)
+        return Image.fromarray(np.dstack([arr, alpha]), mode="RGBA")
+    return Image.fromarray(arr, mode="RGB")
+
+
+def atomic_write(path: Path, write, force: bool) -> None:
+    """``write(tmp_path)`` then rename onto ``path``; refuses an existing ``path`` unless ``force``."""
+    if path.exists() and not force:
+        raise CompressMLError(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class CodecModel:
+    """A model ready to code, with the fingerprint written into (and checked against) every file."""
+
+    net: torch.nn.Module
+    fingerprint: bytes
+    source: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CodecModel":
+        from compressml.systems.lae import load_lae
+
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such model file")
+        net = load_lae(path).net
+        return cls(net=net, fingerprint=lae_codec.weights_fingerprint(net), source=str(path))
+
+
+def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
+    """(file, path relative to what was named) for files and folders (recursive)."""
+    pairs = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            files = list_images(p) if suffixes == IMAGE_SUFFIXES else sorted(q for q in p.rglob("*") if q.suffix.lower() in suffixes)
+            pairs += [(f, f.relative_to(p)) for f in files]
+        elif p.is_file():
+            pairs.append((p, Path(p.name)))
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    if not pairs:
+        raise DataError("no input files found")
+    return pairs
+
+
+def compress_file(model: CodecModel, src: Path, dst: Path, force: bool = False) -> dict:
+    image = read_source(src)
+    with torch.no_grad():
+        data = lae_codec.encode(model.net, image, model.fingerprint).to_bytes()
+    atomic_write(dst, lambda tmp: tmp.write_bytes(data), force)
+    h, w = image.rgb.shape[-2:]
+    return {"input": str(src), "output": str(dst), "bytes": len(data), "bpp": 8 * len(data) / (h * w)}
+
+
+def read_container(path: Path) -> cml.Container:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return cml.parse(data)
+    except cml.ContainerError as e:
+        raise cml.ContainerError(f"{path}: {e}") from None
+
+
+def decompress_file(model: CodecModel, src: Path, dst: Path, fmt: str = "png", force: bool = False) -> dict:
+    if fmt not in OUTPUT_FORMATS:
+        raise CompressMLError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+    container = read_container(src)
+    try:
+        with torch.no_grad():
+            image = lae_codec.decode(model.net, container, model.fingerprint)
+    except cml.ContainerError as e:
+        raise cml.ContainerError(f"{src}: {e}") from None
+    except (ValueError, RuntimeError) as e:  # the rANS decoder refusing a damaged string
+        raise cml.ContainerError(f"{src}: corrupt payload ({str(e).splitlines()[0]})") from None
+    pil = to_pil(image)
+    atomic_write(dst, lambda tmp: pil.save(tmp, format=OUTPUT_FORMATS[fmt], **({"lossless": True} if fmt == "webp" else {})), force)
+    return {"input": str(src), "output": str(dst), "height": container.height, "width": container.width}
+
+
+def describe(path: Path) -> dict:
+    c = read_container(path)
+    size = Path(path).stat().st_size
+    return {
+        "file": str(path),
+        "family": c.family,
+        "fingerprint": c.fingerprint.hex(),
+        "height": c.height,
+        "width": c.width,
+        "channels": c.channels,
+        "bit_depth": c.bit_depth,
+        "padding": (c.pad_h, c.pad_w),
+        "bytes": size,
+        "bpp": 8 * size / (c.height * c.width),
+    }

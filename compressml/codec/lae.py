@@ -1,0 +1,121 @@
+"""LAE images to and from ``.cml`` containers.
+
+Sections: ``SHAPE`` (the top latent's height and width), one ``STRING`` section per
+latent (y, then z for hyperpriors), and ``ALPHA`` (the alpha plane, zlib-compressed,
+lossless) for RGBA inputs. Images above ``tile_pixels`` go through the transforms
+in overlapping tiles (see :mod:`compressml.codec.tiling`), so memory stays bounded
+with no seams and the same bits as the whole-image path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from compressai.models.base import CompressionModel
+
+from compressml.codec.container import Container, ContainerError
+from compressml.codec.tiling import tiled_transforms
+from compressml.models.lae import LAEPayload, compress, decompress, is_updated, latent_count, stride_of
+
+SHAPE, STRING, ALPHA = 0x01, 0x10, 0x20
+
+TILE_PIXELS = 1024 * 1024  # above this many (padded) pixels the transforms run in tiles
+
+
+def weights_fingerprint(model: torch.nn.Module) -> bytes:
+    """16 bytes identifying the weights and CDF tables (a file made by other weights is refused)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.digest()[:16]
+
+
+@dataclass
+class SourceImage:
+    """An image as the codec sees it: RGB in [0, 1] plus what is needed to give back the original form."""
+
+    rgb: torch.Tensor  # (3, H, W) float in [0, 1]
+    channels: int = 3  # 1, 3 or 4 in the original
+    bit_depth: int = 8
+    alpha: np.ndarray | None = None  # (H, W) uint8 or uint16
+
+
+def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS) -> Container:
+    if not is_updated(model):
+        model.update(force=True)
+    x = image.rgb[None].to(next(model.parameters()).device)
+    h, w = x.shape[-2:]
+    stride = stride_of(model)
+    padded_pixels = (-(-h // stride) * stride) * (-(-w // stride) * stride)
+    if padded_pixels > tile_pixels:
+        with tiled_transforms(model):
+            payload = compress(model, x)
+    else:
+        payload = compress(model, x)
+    sections = [(SHAPE, struct.pack(">II", *payload.shape))]
+    sections += [(STRING, group[0]) for group in payload.strings]
+    if image.alpha is not None:
+        sections.append((ALPHA, zlib.compress(np.ascontiguousarray(image.alpha).tobytes(), 9)))
+    return Container(
+        family="lae",
+        fingerprint=fingerprint or weights_fingerprint(model),
+        height=h,
+        width=w,
+        channels=image.channels,
+        bit_depth=image.bit_depth,
+        pad_h=(-h) % stride,
+        pad_w=(-w) % stride,
+        sections=sections,
+    )
+
+
+def decode(model: CompressionModel, container: Container, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS) -> SourceImage:
+    if container.family != "lae":
+        raise ContainerError(f"this file holds a {container.family!r} code, not an LAE one")
+    expected = fingerprint or weights_fingerprint(model)
+    if container.fingerprint != expected:
+        raise ContainerError(
+            f"made by other weights (file {container.fingerprint.hex()[:12]}, model {expected.hex()[:12]}): "
+            "decode it with the model that encoded it"
+        )
+    stride = stride_of(model)
+    h, w = container.height, container.width
+    if container.pad_h != (-h) % stride or container.pad_w != (-w) % stride:
+        raise ContainerError("padding does not match the image size and the model's stride")
+    shape_bytes = container.section(SHAPE)
+    if len(shape_bytes) != 8:
+        raise ContainerError("malformed latent-shape section")
+    shape = struct.unpack(">II", shape_bytes)
+    # the top latent is y (stride 16) for the factorized prior, z (stride 64) for hyperpriors
+    if shape != ((h + container.pad_h) // stride, (w + container.pad_w) // stride):
+        raise ContainerError("latent shape does not match the image size")
+    strings = container.sections_of(STRING)
+    n_latents = latent_count(model)
+    if len(strings) != n_latents:
+        raise ContainerError(f"expected {n_latents} coded latents, found {len(strings)}")
+    payload = LAEPayload(strings=[[s] for s in strings], shape=shape, size=(h, w))
+    if (h + container.pad_h) * (w + container.pad_w) > tile_pixels:
+        with tiled_transforms(model):
+            x_hat = decompress(model, payload)
+    else:
+        x_hat = decompress(model, payload)
+    alpha = None
+    if container.channels == 4:
+        raw = zlib.decompressobj()
+        dtype = np.uint16 if container.bit_depth == 16 else np.uint8
+        expected_len = h * w * np.dtype(dtype).itemsize
+        try:
+            data = raw.decompress(container.section(ALPHA), expected_len + 1)
+        except zlib.error:
+            raise ContainerError("corrupt alpha section") from None
+        if len(data) != expected_len:
+            raise ContainerError("alpha section has the wrong size")
+        alpha = np.frombuffer(data, dtype=dtype).reshape(h, w)
+    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth, alpha=alpha)
