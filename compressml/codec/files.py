@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
 from compressml.codec.lae import SourceImage
-from compressml.data.images import IMAGE_SUFFIXES, array_to_tensor, list_images, pil_to_array
+from compressml.data.images import GREY_MODES, IMAGE_SUFFIXES, array_to_tensor, list_images, open_image, pil_to_array
 from compressml.errors import CheckpointError, CompressMLError, DataError
 
 OUTPUT_FORMATS = {"png": "PNG", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP"}
@@ -29,24 +28,14 @@ OUTPUT_FORMATS = {"png": "PNG", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP"}
 
 def read_source(path: Path) -> SourceImage:
     """Decode an image file, remembering its channels, bit depth and alpha plane."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                mode = img.mode
-                bit_depth = 16 if mode.startswith("I") else 8
-                alpha = None
-                if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-                    alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
-                channels = 4 if alpha is not None else (1 if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else 3)
-                rgb = array_to_tensor(pil_to_array(img))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
+    with open_image(path) as img:
+        mode = img.mode
+        bit_depth = 16 if mode.startswith("I") else 8
+        alpha = None
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+            alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+        channels = 4 if alpha is not None else (1 if mode in GREY_MODES else 3)
+        rgb = array_to_tensor(pil_to_array(img))
     return SourceImage(rgb=rgb, channels=channels, bit_depth=bit_depth, alpha=alpha)
 
 

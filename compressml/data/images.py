@@ -12,6 +12,8 @@ Every image becomes a float32 tensor of shape (3, H, W) with values in [0, 1]:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from compressml.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-_GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+GREY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -42,7 +44,7 @@ def list_images(root: str | Path) -> list[Path]:
 def pil_to_array(img: Image.Image) -> np.ndarray:
     """Pillow image -> float32 array (H, W, 3) in [0, 1], by the rules in the module docstring."""
     mode = img.mode
-    if mode in _GREY_MODES:
+    if mode in GREY_MODES:
         arr = np.asarray(img)
         if mode == "1":
             arr = arr.astype(np.float32)
@@ -77,21 +79,28 @@ def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Decode one image file fully; any decoding problem becomes a one-line :class:`DataError`."""
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Open and fully decode an image; any decoding problem becomes a one-line :class:`DataError`."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                arr = pil_to_array(img)
+                yield img
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Decode one image file fully into a (3, H, W) float tensor in [0, 1]."""
+    with open_image(path) as img:
+        arr = pil_to_array(img)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{path}: image has no pixels")
     return array_to_tensor(arr)
