@@ -41,7 +41,8 @@ def instantiate(node: Any, what: str, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, CompressMLError):
             raise cause from None
-        raise ConfigError(f"{what}: {str(e).splitlines()[0]}") from None
+        detail = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else str(e).splitlines()[0]
+        raise ConfigError(f"{what}: {detail}") from None
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -50,8 +51,18 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         example = " ".join(f"{k}=..." for k in missing)
         raise ConfigError(f"missing required config value(s): {', '.join(missing)} (set them, e.g. {example})")
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path: no such checkpoint file: {cfg.ckpt_path}")
+    if cfg.get("ckpt_path"):
+        if not Path(cfg.ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path: no such checkpoint file: {cfg.ckpt_path}")
+        import torch
+
+        try:
+            ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a checkpoint, or one that needs unpickling arbitrary objects
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"ckpt_path: {cfg.ckpt_path} is not a loadable checkpoint ({first})") from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ConfigError(f"ckpt_path: {cfg.ckpt_path} is not a Lightning checkpoint")
 
 
 def _build_all(section: Any, what: str) -> list:
@@ -71,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, "data")
     callbacks = _build_all(cfg.get("callbacks"), "callbacks")
     loggers = _build_all(cfg.get("logger"), "logger")
+    if not loggers:  # an LR monitor needs somewhere to log to
+        callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
     config = OmegaConf.to_container(cfg, resolve=True)

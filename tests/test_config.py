@@ -81,8 +81,14 @@ def test_cli_unknown_model(tmp_path):
         (TINY + ["ckpt_path=/no/such.ckpt"], "no such checkpoint"),
         (TINY + ["g._target_=compressml.g.nope"], "cannot be imported"),
         (["model=mllae"], "model=mllae is reserved"),
+        (TINY + ["data.val_crop_size=0"], "val_crop_size"),
+        (TINY + ["data.num_workers=-1"], "num_workers"),
+        (TINY + ["model.optimizer.lr=-1"], "learning rate"),
+        (TINY + ["ckpt_path=" + __file__], "not a loadable checkpoint"),
+        (TINY + ["trainer.precision=bogus"], "bogus"),
     ],
-    ids=["missing-root", "bad-root", "bad-distortion", "missing-ckpt", "bad-g-target", "reserved-family"],
+    ids=["missing-root", "bad-root", "bad-distortion", "missing-ckpt", "bad-g-target", "reserved-family",
+         "val-crop", "workers", "negative-lr", "not-a-ckpt", "bad-precision"],
 )
 def test_bad_values_raise_config_errors(overrides, needle, tmp_path):
     from compressml.errors import CompressMLError

@@ -177,3 +177,18 @@ def test_kodak_is_evaluation_only(tmp_path):
     dm.setup("test")
     shapes = [b.shape for b in dm.test_dataloader()]
     assert shapes == [(1, 3, 24, 32)] * 2  # full images, no crop
+
+
+def test_split_happens_after_dropping_unreadable_files(tmp_path):
+    Image.fromarray(smooth_image(20, 20)).save(tmp_path / "a.png")
+    Image.fromarray(smooth_image(20, 20, 1)).save(tmp_path / "b.png")
+    (tmp_path / "c.png").write_bytes(b"junk")
+    dm = ImageFolderDataModule(tmp_path, val_ratio=0.5, crop_size=16, batch_size=1)
+    dm.setup("fit")
+    assert len(dm.train_items) == 1 and len(dm.val_items) == 1 and len(dm.skipped) == 1
+
+
+def test_single_image_folder_says_why(tmp_path):
+    Image.fromarray(smooth_image(20, 20)).save(tmp_path / "a.png")
+    with pytest.raises(DataError, match="cannot be split"):
+        ImageFolderDataModule(tmp_path).setup("fit")

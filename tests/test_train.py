@@ -95,3 +95,8 @@ def test_other_loggers_and_no_callbacks(logger, image_folder, tmp_path):
     assert list(tmp_path.rglob("*.ckpt"))  # Lightning's own checkpointing still runs
     if logger == "tensorboard":
         assert list(tmp_path.rglob("events.out.tfevents*"))
+
+
+def test_no_logger_with_default_callbacks(image_folder, tmp_path):
+    summary = run(["logger=none", "data=folder", f"data.root={image_folder}"], tmp_path)
+    assert summary["global_step"] == 3 and Path(summary["last_checkpoint"]).is_file()

@@ -116,6 +116,10 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if crop_size is not None and crop_size < 1:
             raise ConfigError(f"data.crop_size must be >= 1, got {crop_size}")
+        if val_crop_size is not None and val_crop_size < 1:
+            raise ConfigError(f"data.val_crop_size must be >= 1 (or null for full images), got {val_crop_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         if val_crop_size is None:
@@ -127,6 +131,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self.verify = verify
         self.pin_memory = pin_memory
         self.skipped: list[tuple[str, str]] = []
+        self._verified: set[str] = set()
         self.train_items: list[ImageItem] = []
         self.val_items: list[ImageItem] = []
         self._ready = False
@@ -164,12 +169,16 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             return items
         kept = []
         for item in items:
+            if item.name in self._verified:
+                kept.append(item)
+                continue
             try:
                 item.load()
             except DataError as e:
                 log.warning("skipping unreadable image: %s", e)
                 self.skipped.append((item.name, str(e)))
             else:
+                self._verified.add(item.name)
                 kept.append(item)
         return kept
 
@@ -307,9 +316,16 @@ class ImageFolderDataModule(ImageDataModule):
                 raise DataError(
                     f"{self.root}: no images found (looked recursively for png, jpg, bmp, tiff, webp, ppm)"
                 )
-            train_paths, val_paths = split_by_ratio(all_paths, self.val_ratio, self.seed)
-        make = lambda ps: [ImageItem(str(p.relative_to(self.root)), path=p) for p in ps]  # noqa: E731
-        return make(train_paths), make(val_paths)
+            # drop unreadable files before splitting, so the split is over usable images
+            readable = {i.path for i in self._readable(self._items(all_paths))}
+            usable = [p for p in all_paths if p in readable]
+            if self.val_ratio > 0 and len(usable) == 1:
+                raise DataError(f"{self.root}: one readable image cannot be split; add images or use train/ and val/ subfolders")
+            train_paths, val_paths = split_by_ratio(usable, self.val_ratio, self.seed)
+        return self._items(train_paths), self._items(val_paths)
+
+    def _items(self, paths) -> list[ImageItem]:
+        return [ImageItem(str(p.relative_to(self.root)), path=p) for p in paths]
 
 
 class KodakDataModule(ImageFolderDataModule):

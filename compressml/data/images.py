@@ -5,7 +5,9 @@ Every image becomes a float32 tensor of shape (3, H, W) with values in [0, 1]:
 * greyscale (``1``, ``L``, ``I``, ``I;16``, ``F``) is replicated to three channels;
 * an alpha channel (``RGBA``, ``LA``, ``PA``, palette transparency) is dropped,
   keeping the colour values as stored;
-* 16-bit samples are scaled by 1/65535 (not truncated to 8 bits), 8-bit by 1/255;
+* 16-bit greyscale is scaled by 1/65535 (not truncated to 8 bits), 8-bit by 1/255;
+  Pillow itself reads 16-bit-per-channel colour images as 8-bit, and float (``F``)
+  images are taken as already in [0, 1] and clipped;
 * palette, CMYK, YCbCr and other modes go through Pillow's RGB conversion.
 """
 

@@ -54,7 +54,7 @@ def instantiate_spec(spec: Mapping, what: str, *args, **kwargs):
         return factory(*args, **spec, **kwargs)
     except ConfigError:
         raise
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"{what}: bad arguments for {target}: {e}") from None
 
 
