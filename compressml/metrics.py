@@ -7,7 +7,7 @@ averaged over the batch, as CompressAI's evaluation does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,3 @@ def bpp_from_bytes(num_bytes: int, height: int, width: int) -> float:
     """Real bits per pixel of a byte count for one image."""
     return 8.0 * num_bytes / (height * width)
 
-
-def count_bytes(strings: Iterable[Iterable[bytes]]) -> int:
-    return sum(len(s) for group in strings for s in group)
