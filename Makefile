@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-# A short LAE training run on CPU on the photos bundled with scikit-image; ends with a summary table.
+# A short LAE training run on CPU on the photos bundled with scikit-image (summary table), then
+# evaluate.py on the two held-out photos: our real files beside JPEG and WebP at the nearest bpp.
+DEMO_RUN := logs/demo/runs/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: $(STAMP)
-	$(RUN) python train.py experiment=demo
+	$(RUN) python train.py experiment=demo hydra.run.dir=$(DEMO_RUN)
+	$(RUN) python evaluate.py data=samples checkpoint=$(DEMO_RUN)/checkpoints/best.ckpt label=demo hydra.run.dir=$(DEMO_RUN)/evaluate
 
 test: $(STAMP)
 	$(RUN) pytest -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,9 +37,21 @@ def _ssim_and_cs(x, y, win, data_range):
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     channels = x.shape[1]
 
-    def blur(t):
-        t = F.conv2d(t, win, groups=channels)
-        return F.conv2d(t, win.transpose(2, 3), groups=channels)
+    if x.device.type == "cpu" and not (x.requires_grad or y.requires_grad):
+        # scipy's separable filter is ~5x faster than a grouped conv on CPU (evaluation of large images)
+        from scipy.ndimage import correlate1d
+
+        taps, half = win[0, 0, 0].numpy(), win.shape[-1] // 2
+        crop = (..., slice(half, -half or None), slice(half, -half or None))
+
+        def blur(t):
+            a = correlate1d(t.numpy(), taps, axis=-1, mode="nearest")
+            return torch.from_numpy(correlate1d(a, taps, axis=-2, mode="nearest")[crop])
+    else:
+
+        def blur(t):
+            t = F.conv2d(t, win, groups=channels)
+            return F.conv2d(t, win.transpose(2, 3), groups=channels)
 
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x**2
@@ -98,3 +111,37 @@ def bpp_from_bytes(num_bytes: int, height: int, width: int) -> float:
     """Real bits per pixel of a byte count for one image."""
     return 8.0 * num_bytes / (height * width)
 
+
+
+def _monotone_curve(rates, quality) -> tuple[np.ndarray, np.ndarray]:
+    """(quality, log10 rate), sorted by quality, keeping points where quality strictly rises."""
+    pairs = sorted((float(q), math.log10(float(r))) for r, q in zip(rates, quality) if r > 0 and math.isfinite(q))
+    q_out, r_out = [], []
+    for q, lr in pairs:
+        if q_out and q <= q_out[-1]:
+            continue
+        q_out.append(q)
+        r_out.append(lr)
+    return np.array(q_out), np.array(r_out)
+
+
+def bd_rate(rates_ref, quality_ref, rates_test, quality_test) -> float | None:
+    """Bjøntegaard delta rate (%) of the test curve against the reference; negative = test saves bits.
+
+    Both curves are log-rate as a function of quality (PSNR, or MS-SSIM in dB),
+    interpolated piecewise-cubically (PCHIP, monotone, as in the JVET common test
+    conditions' tool) and averaged over the quality interval both curves span.
+    ``None`` when the curves have fewer than two distinct points or do not overlap.
+    """
+    from scipy.interpolate import PchipInterpolator
+
+    q1, r1 = _monotone_curve(rates_ref, quality_ref)
+    q2, r2 = _monotone_curve(rates_test, quality_test)
+    if len(q1) < 2 or len(q2) < 2:
+        return None
+    lo, hi = max(q1[0], q2[0]), min(q1[-1], q2[-1])
+    if hi <= lo:
+        return None
+    f1, f2 = PchipInterpolator(q1, r1), PchipInterpolator(q2, r2)
+    avg_diff = (f2.integrate(lo, hi) - f1.integrate(lo, hi)) / (hi - lo)
+    return float((10**avg_diff - 1) * 100)

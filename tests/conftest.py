@@ -58,14 +58,35 @@ def _quiet_env(monkeypatch, tmp_path):
     monkeypatch.setenv("COMPRESSML_CACHE", str(tmp_path / "cache"))
 
 
-def compose_train(overrides: list[str], out_dir: Path):
-    """train.yaml composed like train.py would, with outputs under ``out_dir``."""
+def save_tiny_checkpoint(path: Path, arch: str = "hyperprior", seed: int = 0) -> Path:
+    """A tiny untrained LAE checkpoint saved by a Trainer (CDF tables updated at save)."""
+    import pytorch_lightning as pl
+    import torch
+
+    from compressml.systems import LAESystem
+
+    torch.manual_seed(seed)
+    system = LAESystem(net={"arch": arch, "channels": 8, "latent_channels": 8}, g={"_target_": "compressml.g.RateDistortion"})
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(system)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt")
+
+
+def compose_train(overrides: list[str], out_dir: Path, config_name: str = "train"):
+    """A config (train.yaml by default) composed like its entry point would, with outputs under ``out_dir``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)

@@ -23,17 +23,8 @@ from conftest import run_cli, smooth_image
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny LAE checkpoint saved by a Trainer (CDF tables updated at save)."""
-    import pytorch_lightning as pl
-
-    torch.manual_seed(0)
-    system = LAESystem(net={"arch": "hyperprior", "channels": 8, "latent_channels": 8}, g={"_target_": "compressml.g.RateDistortion"})
-    out = tmp_path_factory.mktemp("ckpt")
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(system)
-    trainer.save_checkpoint(out / "model.ckpt")
-    return out / "model.ckpt"
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture

@@ -201,9 +201,14 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         ds = ImageDataset(self.val_items, self.val_crop_size, train=False)
         return self._loader(ds, self.val_batch_size, shuffle=False)
 
+    @property
+    def evaluation_items(self) -> list[ImageItem]:
+        """The held-out images (all images for evaluation-only sets), after :meth:`setup`."""
+        return self.val_items or self.train_items
+
     def test_dataloader(self) -> DataLoader:
         """Full-size held-out images, one per batch (evaluation)."""
-        ds = ImageDataset(self.val_items or self.train_items, None, train=False)
+        ds = ImageDataset(self.evaluation_items, None, train=False)
         return self._loader(ds, 1, shuffle=False)
 
 

@@ -1,0 +1,427 @@
+"""Rate-distortion evaluation of learned models and classical codecs, through real files.
+
+Every image is written as a real compressed file (a ``.cml`` for learned models,
+the codec's own format for classical ones) and decoded back; the rate is the
+file's size in bits, header included, over the image's pixels. Quality is
+measured on the 8-bit RGB reconstruction against the 8-bit RGB original.
+
+Several checkpoints (e.g. one per rate-distortion trade-off) form one learned
+curve. Outputs: per-image records, averages per (codec, setting), curves in
+CompressAI's results-JSON format, BD-rates of each learned curve against every
+other curve, and an RD plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compressml import metrics
+from compressml.baselines import ClassicalCodec
+from compressml.codec import container as cml
+from compressml.codec import lae as lae_codec
+from compressml.codec.files import CodecModel, atomic_write
+from compressml.codec.lae import SourceImage
+from compressml.errors import DataError
+
+RECORD_FIELDS = ("codec", "setting", "image", "height", "width", "bytes", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")
+AVERAGED = ("bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")
+
+
+@dataclass
+class EvalImage:
+    name: str
+    rgb: np.ndarray  # uint8 (H, W, 3): the reference every codec is measured against
+
+    @classmethod
+    def from_tensor(cls, name: str, x: torch.Tensor) -> "EvalImage":
+        """(3, H, W) floats in [0, 1] to the 8-bit reference."""
+        return cls(name, x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).contiguous().numpy())
+
+    @property
+    def pixels(self) -> int:
+        return self.rgb.shape[0] * self.rgb.shape[1]
+
+
+def _as_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)[None].float().div(255)
+
+
+def quality(reconstruction: np.ndarray, reference: np.ndarray) -> dict:
+    """PSNR (dB) and MS-SSIM (also in dB) of an 8-bit RGB reconstruction."""
+    x_hat, x = _as_tensor(reconstruction), _as_tensor(reference)
+    value = float(metrics.ms_ssim(x_hat, x))
+    return {"psnr": float(metrics.psnr(x_hat, x)), "ms_ssim": value, "ms_ssim_db": metrics.ms_ssim_db(value)}
+
+
+def _record(codec: str, setting, image: EvalImage, num_bytes: int, reconstruction: np.ndarray, enc: float, dec: float) -> dict:
+    h, w = image.rgb.shape[:2]
+    return {
+        "codec": codec, "setting": setting, "image": image.name, "height": h, "width": w,
+        "bytes": num_bytes, "bpp": 8.0 * num_bytes / (h * w),
+        **quality(reconstruction, image.rgb), "encode_s": enc, "decode_s": dec,
+    }
+
+
+def _file_name(image: EvalImage, suffix: str) -> str:
+    return Path(image.name).with_suffix(suffix).name
+
+
+def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequence[EvalImage], out_dir: Path) -> list[dict]:
+    """Compress each image to ``out_dir/<name>.cml``, decode that file, and measure both."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for image in images:
+        path = out_dir / _file_name(image, ".cml")
+        start = time.perf_counter()
+        with torch.no_grad():
+            data = lae_codec.encode(model.net, SourceImage(rgb=_as_tensor(image.rgb)[0]), model.fingerprint).to_bytes()
+        atomic_write(path, lambda tmp: tmp.write_bytes(data), force=True)
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad():
+            decoded = lae_codec.decode(model.net, cml.parse(path.read_bytes()), model.fingerprint)
+        decode_s = time.perf_counter() - start
+        rgb = EvalImage.from_tensor(image.name, decoded.rgb).rgb
+        records.append(_record(label, setting, image, path.stat().st_size, rgb, encode_s, decode_s))
+    return records
+
+
+def evaluate_classical(codec: ClassicalCodec, settings: Sequence[int], images: Sequence[EvalImage], out_dir: Path | None = None) -> list[dict]:
+    """Each image at each setting through Pillow; files are kept in ``out_dir`` when given."""
+    records = []
+    for setting in settings:
+        for image in images:
+            start = time.perf_counter()
+            data = codec.encode(image.rgb, setting)
+            encode_s = time.perf_counter() - start
+            start = time.perf_counter()
+            rgb = codec.decode(data)
+            decode_s = time.perf_counter() - start
+            if out_dir is not None:
+                path = out_dir / codec.name / str(setting) / _file_name(image, "." + codec.pil_format.lower())
+                atomic_write(path, lambda tmp: tmp.write_bytes(data), force=True)
+            records.append(_record(codec.name, setting, image, len(data), rgb, encode_s, decode_s))
+    return records
+
+
+def average(records: Sequence[dict]) -> list[dict]:
+    """One row per (codec, setting): per-image metrics averaged (MS-SSIM dB from the mean MS-SSIM)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["codec"], r["setting"]), []).append(r)
+    rows = []
+    for (codec, setting), rs in groups.items():
+        row = {"codec": codec, "setting": setting, "images": len(rs)}
+        row.update({k: float(np.mean([r[k] for r in rs])) for k in AVERAGED})
+        row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"])
+        rows.append(row)
+    return rows
+
+
+def curves_from(rows: Sequence[dict]) -> dict[str, dict]:
+    """Averaged rows to one curve per codec, sorted by rate."""
+    curves: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["bpp"]):
+        c = curves.setdefault(row["codec"], {k: [] for k in ("setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s")})
+        for k in c:
+            c[k].append(row[k])
+    return curves
+
+
+def compressai_json(name: str, curve: dict, description: str) -> dict:
+    """A curve in CompressAI's results-JSON format (what ``reference=`` reads back)."""
+    return {
+        "name": name,
+        "description": description,
+        "results": {
+            "psnr-rgb": curve["psnr"], "ms-ssim-rgb": curve["ms_ssim"], "bpp": curve["bpp"],
+            **({"encoding_time": curve["encode_s"], "decoding_time": curve["decode_s"]} if "encode_s" in curve else {}),
+        },
+    }
+
+
+def load_reference(paths: Sequence[str | Path]) -> dict[str, dict]:
+    """Published curves in CompressAI's results-JSON format, from files or folders of ``*.json``."""
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(p.glob("*.json"))
+            if not found:
+                raise DataError(f"{p}: no reference .json files in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such reference file or folder")
+    curves = {}
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+            res = doc["results"]
+            bpp = [float(v) for v in res["bpp"]]
+            psnr = [float(v) for v in res["psnr-rgb"]] if "psnr-rgb" in res else []
+            msssim = [float(v) for v in res["ms-ssim-rgb"]] if "ms-ssim-rgb" in res else []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{f}: not a CompressAI results JSON ({type(e).__name__}: {e})") from None
+        if not bpp or (len(psnr) != len(bpp) and len(msssim) != len(bpp)):
+            raise DataError(f"{f}: its bpp and psnr-rgb / ms-ssim-rgb lists differ in length")
+        name = str(doc.get("name") or f.stem)
+        curves[f"ref:{name}"] = {
+            "bpp": bpp,
+            "psnr": psnr if len(psnr) == len(bpp) else [],
+            "ms_ssim": msssim if len(msssim) == len(bpp) else [],
+        }
+    return curves
+
+
+def bd_rates(learned: dict[str, dict], others: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """BD-rate (%) of every learned curve against every other curve, on PSNR and on MS-SSIM (dB)."""
+    out: dict[str, dict[str, dict]] = {}
+    for lname, lc in learned.items():
+        for oname, oc in others.items():
+            entry = {}
+            if lc["psnr"] and oc.get("psnr"):
+                entry["psnr"] = metrics.bd_rate(oc["bpp"], oc["psnr"], lc["bpp"], lc["psnr"])
+            if lc["ms_ssim"] and oc.get("ms_ssim"):
+                entry["ms_ssim_db"] = metrics.bd_rate(
+                    oc["bpp"], [metrics.ms_ssim_db(v) for v in oc["ms_ssim"]],
+                    lc["bpp"], [metrics.ms_ssim_db(v) for v in lc["ms_ssim"]],
+                )
+            out.setdefault(lname, {})[oname] = entry
+    return out
+
+
+def nearest_points(learned_rows: Sequence[dict], rows: Sequence[dict], codecs: Sequence[str]) -> list[dict]:
+    """For each learned point, the named codecs' averaged points nearest in bpp."""
+    out = []
+    for lr in learned_rows:
+        entry = {"learned": lr, "nearest": {}}
+        for name in codecs:
+            candidates = [r for r in rows if r["codec"] == name]
+            if candidates:
+                entry["nearest"][name] = min(candidates, key=lambda r: abs(r["bpp"] - lr["bpp"]))
+        out.append(entry)
+    return out
+
+
+def plot_rd(curves: dict[str, dict], learned: Sequence[str], path: Path, title: str) -> None:
+    """PSNR-bpp and MS-SSIM(dB)-bpp side by side; learned curves bold, references dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for name, c in curves.items():
+        style = {"linewidth": 2.5, "marker": "o"} if name in learned else (
+            {"linestyle": "--", "linewidth": 1.2} if name.startswith("ref:") else {"linewidth": 1.2, "marker": "."}
+        )
+        if len(c["bpp"]) == 1:
+            style = {"marker": "*", "markersize": 12, "linestyle": "none"}
+        if c.get("psnr"):
+            axes[0].plot(c["bpp"], c["psnr"], label=name, **style)
+        if c.get("ms_ssim"):
+            axes[1].plot(c["bpp"], [metrics.ms_ssim_db(v) for v in c["ms_ssim"]], label=name, **style)
+    max_bpp = max((b for n, c in curves.items() if len(c["bpp"]) > 1 for b in c["bpp"]), default=2.0)
+    for ax, ylabel in zip(axes, ("PSNR RGB (dB)", "MS-SSIM RGB (dB)")):
+        ax.set_xlabel("bits per pixel (file size)")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, min(max_bpp, 3.0) * 1.05)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()), force=True)
+
+
+def write_csv(records: Sequence[dict], rows: Sequence[dict], path: Path) -> None:
+    """Per-image records, then one ``image=mean`` row per (codec, setting)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    writer.writerows({**r, "image": "mean", "height": "", "width": "", "bytes": ""} for r in rows)
+    atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()), force=True)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(type(value).__name__)
+
+
+@dataclass
+class LearnedModel:
+    """One point of a learned curve: a checkpoint or export bundle and its label."""
+
+    path: Path
+    setting: str  # how the point is named (by default the file's name)
+    curve: str | None = None  # the curve it belongs to (default: compressml-<architecture>)
+
+
+def default_curve_name(net: torch.nn.Module) -> str:
+    from compressml.models.lae import ARCHITECTURES
+
+    arch = next((name for name, (cls, _) in ARCHITECTURES.items() if type(net) is cls), type(net).__name__)
+    return f"compressml-{arch}"
+
+
+def run_evaluation(
+    models: Sequence[LearnedModel],
+    images: Sequence[EvalImage],
+    codecs: Sequence[ClassicalCodec],
+    out_dir: Path,
+    settings: dict[str, Sequence[int]] | None = None,
+    reference: Sequence[str | Path] = (),
+    compare: Sequence[str] = ("jpeg-420", "webp"),
+    keep_classical_files: bool = False,
+    load_model: Callable[[Path], CodecModel] = CodecModel.load,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Measure everything, write results.json / results.csv / rd.png / curves/*.json into ``out_dir``."""
+    if not images:
+        raise DataError("no images to evaluate")
+    references = load_reference(reference) if reference else {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = dict(settings or {})
+    records: list[dict] = []
+    learned_names: list[str] = []
+    for m in models:
+        model = load_model(m.path)
+        curve = m.curve or default_curve_name(model.net)
+        progress(f"{curve} [{m.setting}]: {len(images)} image(s)")
+        records += evaluate_learned(model, curve, m.setting, images, out_dir / "files" / curve / m.setting)
+        learned_names += [curve] if curve not in learned_names else []
+    for codec in codecs:
+        chosen = tuple(settings.get(codec.name) or codec.settings)
+        progress(f"{codec.name}: {len(chosen)} setting(s) x {len(images)} image(s)")
+        records += evaluate_classical(codec, chosen, images, out_dir / "files" if keep_classical_files else None)
+    rows = average(records)
+    curves = curves_from(rows)
+    lossy_others = {n: c for n, c in curves.items() if n not in learned_names and len(c["bpp"]) > 1}
+    result = {
+        "images": [{"name": i.name, "height": i.rgb.shape[0], "width": i.rgb.shape[1]} for i in images],
+        "models": [{"path": str(m.path), "setting": m.setting} for m in models],
+        "learned": learned_names,
+        "records": records,
+        "averages": rows,
+        "curves": curves,
+        "reference": references,
+        "bd_rate": bd_rates({n: curves[n] for n in learned_names}, {**lossy_others, **references}),
+        "nearest": nearest_points([r for r in rows if r["codec"] in learned_names], rows, compare),
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+    }
+    text = json.dumps(result, indent=1, default=_json_default)
+    atomic_write(out_dir / "results.json", lambda tmp: tmp.write_text(text), force=True)
+    write_csv(records, rows, out_dir / "results.csv")
+    for name, curve in curves.items():
+        doc = compressai_json(name, curve, f"compressml evaluate on {len(images)} image(s)")
+        atomic_write(out_dir / "curves" / f"{name}.json", lambda tmp, d=doc: tmp.write_text(json.dumps(d, indent=1)), force=True)
+    plot_rd({**curves, **references}, learned_names, out_dir / "rd.png", f"{len(images)} image(s)")
+    return result
+
+
+def learned_models(checkpoints, label: str | None) -> list[LearnedModel]:
+    """``checkpoint=PATH`` or a list of paths (one curve); points are named by file, made unique."""
+    if checkpoints is None:
+        return []
+    paths = [Path(p) for p in ([checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints))]
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: no such checkpoint or bundle")
+    names = [p.stem if p.is_file() else p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{i}-{n}" for i, n in enumerate(names)]
+    return [LearnedModel(p, n, label) for p, n in zip(paths, names)]
+
+
+def evaluation_images(datamodule, max_images: int | None = None) -> list[EvalImage]:
+    """The data module's held-out images (all of them for evaluation-only sets) as 8-bit RGB."""
+    datamodule.setup("test")
+    items = datamodule.evaluation_items
+    if max_images is not None:
+        items = items[:max_images]
+    return [EvalImage.from_tensor(item.name, item.load()) for item in items]
+
+
+def evaluate_from_config(cfg) -> dict:
+    """What ``evaluate.py`` does with its composed config (conf/evaluate.yaml)."""
+    from compressml.baselines import available_codecs
+    from compressml.errors import ConfigError
+    from compressml.systems.lae import plain
+    from compressml.training import instantiate
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("max_images") is not None and int(cfg.max_images) < 1:
+        raise ConfigError(f"max_images must be >= 1, got {cfg.max_images}")
+    models = learned_models(plain(cfg.checkpoint), cfg.get("label"))
+    codecs = available_codecs(list(cfg.codecs or []))
+    if not models and not codecs:
+        raise ConfigError("nothing to evaluate: give checkpoint=PATH and/or codecs=[...]")
+    settings = {k: list(v) for k, v in (plain(cfg.get("settings")) or {}).items() if v is not None}
+    unknown = [k for k in settings if k not in {c.name for c in codecs}]
+    if unknown:
+        raise ConfigError(f"settings given for codec(s) not evaluated: {unknown}")
+    reference = plain(cfg.get("reference")) or []
+    reference = [reference] if isinstance(reference, str) else list(reference)
+    images = evaluation_images(instantiate(cfg.data, "data"), cfg.get("max_images"))
+    out_dir = Path(cfg.paths.output_dir)
+    result = run_evaluation(
+        models, images, codecs, out_dir, settings=settings, reference=reference,
+        compare=list(cfg.compare or []), keep_classical_files=bool(cfg.keep_classical_files),
+        progress=lambda msg: print(f"evaluating {msg}", flush=True),
+    )
+    result["output_dir"] = str(out_dir)
+    return result
+
+
+def print_report(result: dict) -> None:
+    """Averages per setting, learned points beside the nearest classical ones, BD-rates."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 110))
+    table = Table(title=f"Average over {len(result['images'])} image(s) (bpp from file sizes)", header_style="bold")
+    for col in ("codec", "setting", "bpp", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "enc s", "dec s"):
+        table.add_column(col, justify="left" if col in ("codec", "setting") else "right")
+    learned = set(result["learned"])
+    for r in sorted(result["averages"], key=lambda r: (r["codec"] not in learned, r["codec"], r["bpp"])):
+        table.add_row(r["codec"], str(r["setting"]), f"{r['bpp']:.3f}", f"{r['psnr']:.2f}", f"{r['ms_ssim']:.4f}",
+                      f"{r['ms_ssim_db']:.2f}", f"{r['encode_s']:.3f}", f"{r['decode_s']:.3f}")
+    console.print(table)
+    if result["nearest"]:
+        near = Table(title="Learned points beside the classical codecs' nearest-bpp points", header_style="bold")
+        for col in ("codec", "setting", "bpp", "PSNR dB", "MS-SSIM dB"):
+            near.add_column(col, justify="left" if col in ("codec", "setting") else "right")
+        for entry in result["nearest"]:
+            lr = entry["learned"]
+            near.add_row(lr["codec"], str(lr["setting"]), f"{lr['bpp']:.3f}", f"{lr['psnr']:.2f}", f"{lr['ms_ssim_db']:.2f}", style="bold")
+            for name, r in entry["nearest"].items():
+                near.add_row(f"  {name}", str(r["setting"]), f"{r['bpp']:.3f}", f"{r['psnr']:.2f}", f"{r['ms_ssim_db']:.2f}")
+        console.print(near)
+    rows = [(ln, on, e) for ln, against in result["bd_rate"].items() for on, e in against.items()]
+    if rows:
+        bd = Table(title="BD-rate of the learned curve (negative: fewer bits for the same quality)", header_style="bold")
+        for col in ("learned", "against", "BD-rate PSNR", "BD-rate MS-SSIM"):
+            bd.add_column(col, justify="left" if col in ("learned", "against") else "right")
+        fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"
+        for ln, on, e in rows:
+            bd.add_row(ln, on, fmt(e.get("psnr")), fmt(e.get("ms_ssim_db")))
+        console.print(bd)
+    console.print(f"results: {result['output_dir']}/results.json, results.csv, rd.png, curves/")
