@@ -1,22 +1,16 @@
 """Train a model: `python train.py model=lae g=rate_distortion` (see conf/train.yaml)."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from compressml.errors import CompressMLError
+from compressml.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from compressml.training import train
 
-    try:
-        summary = train(cfg)
-    except CompressMLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    summary = exit_on_user_error(train, cfg)
     return summary["best"].get("val/loss")
 
 

@@ -26,3 +26,18 @@ class CheckpointError(CompressMLError):
 
 class DownloadError(CompressMLError):
     """A file could not be fetched or failed its checksum."""
+
+
+class BundleError(CompressMLError):
+    """An export bundle cannot be written, or one on disk is incomplete, altered or malformed."""
+
+
+def exit_on_user_error(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` for an entry point: a :class:`CompressMLError` ends as one line on stderr and its exit code."""
+    import sys
+
+    try:
+        return fn(*args, **kwargs)
+    except CompressMLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from compressml.codec import bundle
 from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
 from compressml.codec.lae import SourceImage
@@ -79,11 +80,15 @@ class CodecModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "CodecModel":
-        from compressml.systems.lae import load_lae
-
+        """From an export bundle (its folder or manifest.json; never unpickles) or a Lightning .ckpt."""
         path = Path(path)
         if not path.exists():
-            raise CheckpointError(f"{path}: no such model file")
+            raise CheckpointError(f"{path}: no such model file or bundle folder")
+        if path.is_dir() or path.name == bundle.MANIFEST:
+            net, manifest = bundle.load_bundle(path)
+            return cls(net=net, fingerprint=bytes.fromhex(manifest["fingerprint"]), source=str(path))
+        from compressml.systems.lae import load_lae
+
         net = load_lae(path).net
         return cls(net=net, fingerprint=lae_codec.weights_fingerprint(net), source=str(path))
 

@@ -6,7 +6,6 @@ matches, so an interrupted or tampered download never leaves a usable-looking fi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.error
@@ -15,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from compressml.errors import DownloadError
+from compressml.hashing import sha256_file
 
 KODAK_URL = "https://r0k.us/graphics/kodak/kodak/"
 
@@ -51,14 +51,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COMPRESSML_CACHE", Path.home() / ".cache" / "compressml")).expanduser()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_kodak(
     dest: str | Path | None = None,
     base_url: str = KODAK_URL,
@@ -74,7 +66,7 @@ def download_kodak(
     dest.mkdir(parents=True, exist_ok=True)
     for name, digest in checksums.items():
         target = dest / name
-        if target.is_file() and _sha256(target) == digest:
+        if target.is_file() and sha256_file(target) == digest:
             continue
         url = base_url.rstrip("/") + "/" + name
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
@@ -82,7 +74,7 @@ def download_kodak(
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
-            got = _sha256(Path(tmp))
+            got = sha256_file(Path(tmp))
             if got != digest:
                 raise DownloadError(f"{url}: checksum mismatch (expected {digest[:12]}…, got {got[:12]}…)")
             os.replace(tmp, target)

@@ -224,13 +224,25 @@ class LAESystem(pl.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Update the CDF tables and store them, so a checkpoint can always code."""
+        """Update the CDF tables and store them, so a checkpoint can always code; keep the validation scores for export."""
         self.net.update(force=True)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("net.")]:
             del state[key]
         state.update({f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()})
-        checkpoint["compressml"] = {"family": FAMILY, "arch": self.hparams.net.get("arch")}
+        checkpoint["compressml"] = {
+            "family": FAMILY,
+            "arch": self.hparams.net.get("arch"),
+            # plain floats, kept for the export manifest ("metrics at export time")
+            "best_val": {k: v if isinstance(v, int) else float(v) for k, v in self.best_val.items()},
+            "last_val": self._latest_val_metrics(),
+        }
+
+    def _latest_val_metrics(self) -> dict[str, float]:
+        trainer = self._trainer
+        if trainer is None:
+            return {}
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Route the network's part through the CDF-resizing load (see ``load_coding_state``)."""

@@ -1,0 +1,182 @@
+"""Reading export bundles: a folder of safetensors weights and a JSON manifest.
+
+A bundle is made by :mod:`compressml.export`. Reading one never unpickles
+anything: the manifest is JSON, the weights are safetensors, and every file the
+manifest lists is checked against its SHA-256 before the weights are used. So
+a bundle from an untrusted source is safe to load; the worst it can do is fail
+with a one-line :class:`~compressml.errors.BundleError`.
+
+The weights file is CompressAI's own state dict (CDF tables included), so
+``compressai.models.<Class>.from_state_dict(safetensors.torch.load_file(path))``
+gives a model whose ``compress`` writes the same strings as compressml.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from compressai.models.base import CompressionModel
+
+from compressml.errors import BundleError, ConfigError
+from compressml.hashing import sha256_file
+
+FORMAT = "compressml-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def bundle_root(path: str | Path) -> Path:
+    """The bundle folder for ``path``: the folder itself or its ``manifest.json``."""
+    path = Path(path)
+    if path.is_dir():
+        root = path
+    elif path.name == MANIFEST and path.is_file():
+        root = path.parent
+    elif not path.exists():
+        raise BundleError(f"{path}: no such bundle folder")
+    else:
+        raise BundleError(f"{path}: not an export bundle (name its folder or its {MANIFEST})")
+    if not (root / MANIFEST).is_file():
+        raise BundleError(f"{root}: not an export bundle (no {MANIFEST})")
+    return root
+
+
+def _is_hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and bool(_HEX.fullmatch(value))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def validate_manifest(manifest: Any, where: str) -> dict:
+    """Check every field a loader relies on; returns the manifest or raises a one-line BundleError."""
+    from compressml.models.lae import ARCHITECTURES
+
+    def bad(why: str) -> BundleError:
+        return BundleError(f"{where}: malformed manifest ({why})")
+
+    if not isinstance(manifest, dict):
+        raise bad("not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise bad(f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    version = manifest.get("format_version")
+    if not _positive_int(version):
+        raise bad("format_version missing")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{where}: bundle format {version} was made by a newer compressml (this one reads up to {FORMAT_VERSION})")
+    if manifest.get("family") != "lae":
+        raise BundleError(f"{where}: unknown model family {manifest.get('family')!r} (this compressml loads 'lae')")
+    arch = manifest.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise BundleError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    cls, stride = ARCHITECTURES[arch]
+    if manifest.get("compressai_class") != cls.__name__:
+        raise bad(f"compressai_class {manifest.get('compressai_class')!r} does not match architecture {arch!r}")
+    if manifest.get("stride") != stride:
+        raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
+    net = manifest.get("net")
+    if not isinstance(net, dict) or not all(_positive_int(net.get(k)) for k in ("channels", "latent_channels")):
+        raise bad("net.channels and net.latent_channels must be positive integers")
+    if not _is_hex(manifest.get("fingerprint"), 32):
+        raise bad("fingerprint must be 32 hex digits")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        raise bad(f"files must list {WEIGHTS}")
+    for name, entry in files.items():
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", "..", MANIFEST):
+            raise bad(f"file name {name!r} is not a plain file name")
+        if not isinstance(entry, dict) or not _is_hex(entry.get("sha256"), 64):
+            raise bad(f"files[{name!r}] needs a sha256 of 64 hex digits")
+    return manifest
+
+
+def read_manifest(path: str | Path) -> tuple[Path, dict]:
+    """(bundle folder, validated manifest) for a bundle folder or its manifest.json."""
+    root = bundle_root(path)
+    where = str(root)
+    try:
+        text = (root / MANIFEST).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{where}: cannot read {MANIFEST} ({e})") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{where}: malformed manifest (not JSON: {e.msg} at line {e.lineno})") from None
+    return root, validate_manifest(manifest, where)
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every file the manifest lists exists and has its recorded SHA-256."""
+    for name, entry in manifest["files"].items():
+        path = root / name
+        if not path.is_file():
+            raise BundleError(f"{root}: {name} is missing from the bundle")
+        if sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"{root}: {name} does not match its SHA-256 in {MANIFEST} (altered or corrupt)")
+
+
+def read_weights(root: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(root / WEIGHTS, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{root}: {WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def _check_fingerprint(net: CompressionModel, root: Path, manifest: dict) -> None:
+    from compressml.codec.lae import weights_fingerprint
+
+    actual = weights_fingerprint(net).hex()
+    if actual != manifest["fingerprint"]:
+        raise BundleError(f"{root}: weights fingerprint {actual[:12]} does not match the manifest's {manifest['fingerprint'][:12]}")
+
+
+def load_bundle(path: str | Path) -> tuple[CompressionModel, dict]:
+    """(CompressAI model ready to code, manifest) from a bundle folder or its manifest.json.
+
+    Checks the manifest, the SHA-256 of every listed file, and that the loaded
+    weights have the manifest's fingerprint (so ``.cml`` files made from the
+    training checkpoint decode with the bundle and vice versa).
+    """
+    from compressml.models.lae import build_lae, load_coding_state
+
+    root, manifest = read_manifest(path)
+    verify_files(root, manifest)
+    state = read_weights(root)
+    try:
+        net = build_lae(manifest["architecture"], manifest["net"]["channels"], manifest["net"]["latent_channels"])
+    except ConfigError as e:
+        raise BundleError(f"{root}: {e}") from None
+    try:
+        load_coding_state(net, state, strict=True)
+    except RuntimeError as e:
+        raise BundleError(f"{root}: weights do not fit the manifest's network ({str(e).strip().splitlines()[0]})") from None
+    net.eval()
+    _check_fingerprint(net, root, manifest)
+    return net, manifest
+
+
+def load_compressai(path: str | Path) -> CompressionModel:
+    """The bundle's model built by CompressAI itself (``<Class>.from_state_dict``), verified like :func:`load_bundle`."""
+    import compressai.models
+
+    root, manifest = read_manifest(path)
+    verify_files(root, manifest)
+    cls = getattr(compressai.models, manifest["compressai_class"])
+    try:
+        net = cls.from_state_dict(read_weights(root))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise BundleError(f"{root}: CompressAI cannot load the weights ({str(e).strip().splitlines()[0]})") from None
+    net.eval()
+    _check_fingerprint(net, root, manifest)
+    return net

@@ -1,0 +1,430 @@
+"""Export bundles: a trained LAE as files that need neither Lightning nor pickle to use.
+
+``export_bundle(checkpoint, out)`` writes into ``out``:
+
+- ``weights.safetensors``: the CompressAI network's state dict with updated CDF tables.
+  It is exactly CompressAI's state dict, so ``<Class>.from_state_dict`` loads it and its
+  ``compress`` writes the same strings as compressml (no second copy is written).
+- ``manifest.json``: format, family, architecture, hyper-parameters, the weights
+  fingerprint that ``.cml`` files carry, metrics at export time, SHA-256 of every file,
+  library versions.
+- ``encoder.pt`` / ``decoder.pt``: the analysis transform g_a and the synthesis transform
+  g_s as TorchScript; ``encoder.onnx`` / ``decoder.onnx``: the same with dynamic batch,
+  height and width. GDN layers are exported as a plain equivalent with the reparametrized
+  beta and gamma baked in (CompressAI's custom autograd lower bound does not export).
+
+The folder appears whole or not at all: files are written into a temporary folder
+beside ``out`` and renamed into place. Reading a bundle is :mod:`compressml.codec.bundle`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from compressai.layers import GDN
+from compressai.models.base import CompressionModel
+from torch import nn
+
+from compressml.codec.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    WEIGHTS,
+    load_bundle,
+    load_compressai,
+)
+from compressml.errors import BundleError, CheckpointError, ConfigError
+from compressml.hashing import sha256_file
+
+__all__ = ["export_bundle", "export_from_config", "load_bundle", "load_compressai", "format_summary"]
+
+ENCODER_TS, DECODER_TS = "encoder.pt", "decoder.pt"
+ENCODER_ONNX, DECODER_ONNX = "encoder.onnx", "decoder.onnx"
+ONNX_OPSET = 17
+GRAPH_TOLERANCE = 1e-3  # max |difference| to the PyTorch transform accepted when checking an exported graph
+
+
+class PlainGDN(nn.Module):
+    """GDN / inverse GDN with beta and gamma as constants: same numbers, no custom autograd, exportable."""
+
+    def __init__(self, gdn: GDN):
+        super().__init__()
+        channels = gdn.beta.numel()
+        with torch.no_grad():
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
+            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).detach().reshape(channels, channels, 1, 1).clone())
+        self.inverse = bool(gdn.inverse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = F.conv2d(x**2, self.gamma, self.beta)
+        norm = torch.sqrt(norm) if self.inverse else torch.rsqrt(norm)
+        return x * norm
+
+
+def plain_transform(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (e.g. ``net.g_a``) in eval mode with every GDN replaced by :class:`PlainGDN`."""
+    module = copy.deepcopy(module)
+    _replace_gdn(module)
+    return module.eval()
+
+
+def _replace_gdn(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child) is GDN:
+            setattr(module, name, PlainGDN(child))
+        elif isinstance(child, GDN):
+            raise BundleError(f"cannot export {type(child).__name__} layers (only CompressAI's GDN)")
+        else:
+            _replace_gdn(child)
+
+
+# -- reading the checkpoint -------------------------------------------------------------------
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint as a dict, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or one that needs unpickling arbitrary objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def net_from_checkpoint(ckpt: dict, path: Path) -> CompressionModel:
+    """The CompressAI network of an LAE checkpoint, with CDF tables, without building the LightningModule."""
+    from compressml.models.lae import build_lae, is_updated, load_coding_state
+
+    hparams = ckpt.get("hyper_parameters") or {}
+    family = (ckpt.get("compressml") or {}).get("family", hparams.get("family"))
+    if family != "lae" or not isinstance(hparams.get("net"), Mapping):
+        raise CheckpointError(f"{path}: not a compressml LAE checkpoint (family {family!r})")
+    try:
+        net = build_lae(**hparams["net"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad network hyper-parameters ({e})") from None
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        load_coding_state(net, state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the network ({str(e).strip().splitlines()[0]})") from None
+    net.eval()
+    if not is_updated(net):  # checkpoints written by LAESystem always carry CDF tables; older ones may not
+        net.update(force=True)
+    return net
+
+
+def _plain_json(value: Any) -> Any:
+    """Checkpoint values as strict JSON: tensors to numbers or lists, non-finite floats to null."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def checkpoint_metrics(ckpt: dict) -> dict:
+    """What the checkpoint knows about training progress and quality when it was saved."""
+    metrics: dict[str, Any] = {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
+    monitored = []
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(state, Mapping) and state.get("monitor"):
+            monitored.append(
+                {"monitor": state["monitor"], "best_score": state.get("best_model_score"), "current_score": state.get("current_score")}
+            )
+    if monitored:
+        metrics["model_checkpoint"] = monitored
+    info = ckpt.get("compressml") or {}
+    for key in ("best_val", "last_val"):
+        if info.get(key):
+            metrics[key] = info[key]
+    return _plain_json(metrics)
+
+
+# -- graphs -------------------------------------------------------------------
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def _check_graph(what: str, diff: float) -> float:
+    if not diff <= GRAPH_TOLERANCE:
+        raise BundleError(f"exported {what} differs from the PyTorch transform by {diff:.3g} (> {GRAPH_TOLERANCE})")
+    return diff
+
+
+def _example_inputs(net: CompressionModel, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image and its latent, a few stride multiples in size, for tracing and checking the graphs."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 2 * stride, 3 * stride, generator=gen)
+    with torch.no_grad():
+        y = net.g_a(x)
+    return x, y
+
+
+def write_torchscript(encoder: nn.Module, decoder: nn.Module, net: CompressionModel, x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
+    """Script (not trace) both transforms, so any input size runs; save and check them."""
+    checks = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module, name, reference, inp in ((encoder, ENCODER_TS, net.g_a, x), (decoder, DECODER_TS, net.g_s, y)):
+            try:
+                scripted = torch.jit.script(module)
+            except Exception as e:  # TorchScript compiler errors have many types
+                raise BundleError(f"TorchScript export of {name} failed ({str(e).strip().splitlines()[0]}); use torchscript=false") from None
+            torch.jit.save(scripted, str(folder / name))
+            loaded = torch.jit.load(str(folder / name), map_location="cpu")
+            with torch.no_grad():
+                checks[name] = _check_graph(name, _max_diff(loaded(inp), reference(inp)))
+    return checks
+
+
+def write_onnx(encoder: nn.Module, decoder: nn.Module, net: CompressionModel, x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
+    """ONNX graphs with dynamic batch/height/width, via the TorchScript-based exporter, checked in onnxruntime.
+
+    The TorchScript-based exporter (``dynamo=False``) exports these plain conv stacks in well under a
+    second and handles dynamic axes directly; the dynamo exporter needs newer onnx-ir/onnxscript than
+    CompressAI's numpy<2 pin allows here, and takes several seconds per graph.
+    """
+    import onnxruntime as ort
+
+    checks = {}
+    specs = ((encoder, ENCODER_ONNX, net.g_a, x, "x", "y"), (decoder, DECODER_ONNX, net.g_s, y, "y", "x_hat"))
+    for module, name, reference, inp, in_name, out_name in specs:
+        axes = {0: "batch", 2: "height", 3: "width"}
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    module,
+                    (inp,),
+                    str(folder / name),
+                    dynamo=False,
+                    opset_version=ONNX_OPSET,
+                    input_names=[in_name],
+                    output_names=[out_name],
+                    dynamic_axes={in_name: axes, out_name: {0: "batch", 2: f"{out_name}_height", 3: f"{out_name}_width"}},
+                )
+        except Exception as e:  # exporter failures have many types
+            raise BundleError(f"ONNX export of {name} failed ({str(e).strip().splitlines()[0]}); use onnx=false") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+        out = session.run(None, {in_name: inp.numpy()})[0]
+        with torch.no_grad():
+            checks[name] = _check_graph(name, _max_diff(torch.from_numpy(out), reference(inp)))
+    return checks
+
+
+# -- writing the bundle -------------------------------------------------------------------
+
+
+def _versions(with_onnx: bool) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import compressai
+
+    import compressml
+
+    versions = {"compressml": compressml.__version__, "torch": torch.__version__, "compressai": compressai.__version__}
+    for package in ("safetensors", *(("onnx", "onnxruntime") if with_onnx else ())):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def _check_target(out: Path, checkpoint: Path, force: bool) -> None:
+    """Refuse what must not be replaced, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise BundleError(f"{out} exists and is not empty (use force=true to replace it)")
+        if not (out / MANIFEST).is_file():
+            raise BundleError(f"{out} is not empty and is not an export bundle: refusing to replace it, even with force=true")
+        if checkpoint.resolve().is_relative_to(out.resolve()):
+            raise BundleError(f"{out} holds the checkpoint {checkpoint}: export to another folder")
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder onto ``out``; an existing bundle is swapped out first and removed after."""
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(tmp, out)  # POSIX rename replaces an empty folder
+        return
+    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build_manifest(net: CompressionModel, ckpt: dict, checkpoint: Path, folder: Path, graphs: dict) -> dict:
+    from compressml.codec.lae import weights_fingerprint
+    from compressml.models.lae import ARCHITECTURES
+
+    hparams = ckpt.get("hyper_parameters") or {}
+    arch = hparams["net"]["arch"]
+    cls, stride = ARCHITECTURES[arch]
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
+    }
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "family": "lae",
+        "architecture": arch,
+        "compressai_class": cls.__name__,
+        "net": {"channels": net.g_a[0].out_channels, "latent_channels": net.g_a[-1].out_channels},
+        "stride": stride,
+        "fingerprint": weights_fingerprint(net).hex(),
+        "compressai_state_dict": WEIGHTS,
+        "hyper_parameters": _plain_json(hparams),
+        "metrics": checkpoint_metrics(ckpt),
+        "source_checkpoint": checkpoint.name,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "graphs": graphs,
+        "files": files,
+        "versions": _versions(with_onnx="onnx_opset" in graphs),
+    }
+
+
+def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False, onnx: bool = True, torchscript: bool = True) -> dict:
+    """Write the export bundle of an LAE checkpoint into ``out_dir``; returns a summary.
+
+    ``out_dir`` must not exist or be empty; ``force`` replaces an existing bundle (a folder
+    holding a manifest.json), never another non-empty folder. Nothing partial is left on failure.
+    """
+    started = time.time()
+    checkpoint, out = Path(checkpoint_path), Path(out_dir)
+    if out.name in ("", ".."):  # "." or "..": the folder's own name is needed for the temporary sibling
+        out = out.resolve()
+    _check_target(out, checkpoint, force)
+    ckpt = read_checkpoint(checkpoint)
+    net = net_from_checkpoint(ckpt, checkpoint)
+
+    created = _missing_parents(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        from safetensors.torch import save_file
+
+        from compressml.models.lae import stride_of
+
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+
+        graphs: dict[str, Any] = {}
+        if torchscript or onnx:
+            encoder, decoder = plain_transform(net.g_a), plain_transform(net.g_s)
+            x, y = _example_inputs(net, stride_of(net))
+            graphs = {
+                "encoder": {"transform": "g_a", "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
+                            "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]}},
+                "decoder": {"transform": "g_s", "input": {"name": "y", "shape": ["batch", int(y.shape[1]), "height", "width"]},
+                            "output": {"name": "x_hat", "shape": ["batch", 3, "16*height", "16*width"]}},
+                "note": "height and width of an image must be multiples of the stride (pad as compressml does); x_hat is not clamped",
+                "max_abs_diff": {},
+            }
+            if torchscript:
+                graphs["encoder"]["torchscript"], graphs["decoder"]["torchscript"] = ENCODER_TS, DECODER_TS
+                graphs["max_abs_diff"].update(write_torchscript(encoder, decoder, net, x, y, tmp))
+            if onnx:
+                graphs["encoder"]["onnx"], graphs["decoder"]["onnx"] = ENCODER_ONNX, DECODER_ONNX
+                graphs["onnx_opset"] = ONNX_OPSET
+                graphs["max_abs_diff"].update(write_onnx(encoder, decoder, net, x, y, tmp))
+
+        manifest = build_manifest(net, ckpt, checkpoint, tmp, graphs)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder (and safetensors' file) are private; a bundle is not
+        for p in tmp.iterdir():
+            os.chmod(p, 0o666 & ~umask)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    return {
+        "out": str(out),
+        "architecture": manifest["architecture"],
+        "fingerprint": manifest["fingerprint"],
+        "files": {**{name: entry["bytes"] for name, entry in manifest["files"].items()}, MANIFEST: (out / MANIFEST).stat().st_size},
+        "max_abs_diff": graphs.get("max_abs_diff", {}),
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+def export_from_config(cfg: Mapping) -> dict:
+    """``export_bundle`` from export.yaml's keys; missing required values are a one-line ConfigError."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"missing required config value(s): {', '.join(missing)} (e.g. checkpoint=PATH out=DIR)")
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("checkpoint", "out"):
+        if not cfg.get(key):
+            raise ConfigError(f"{key} is required (python export.py checkpoint=PATH out=DIR)")
+    return export_bundle(
+        cfg["checkpoint"], cfg["out"], force=bool(cfg.get("force", False)), onnx=bool(cfg.get("onnx", True)),
+        torchscript=bool(cfg.get("torchscript", True)),
+    )
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"export bundle written to {summary['out']} in {summary['seconds']:.1f} s "
+        f"(architecture {summary['architecture']}, weights {summary['fingerprint'][:12]})"
+    ]
+    for name, size in summary["files"].items():
+        lines.append(f"  {name:<22} {size / 1024:>10.1f} KiB")
+    if summary["max_abs_diff"]:
+        worst = max(summary["max_abs_diff"].values())
+        lines.append(f"graphs checked against PyTorch: max |difference| {worst:.2e}")
+    return "\n".join(lines)
+
