@@ -60,6 +60,7 @@ CODECS: dict[str, ClassicalCodec] = {
         ClassicalCodec("jpeg-444", "JPEG", _QUALITIES, {"subsampling": 0}),
         ClassicalCodec("webp", "WEBP", _QUALITIES, {"method": 4}, feature="webp"),
         ClassicalCodec("png", "PNG", (0,), {"compress_level": 9}, setting_option=None),
+        ClassicalCodec("webp-lossless", "WEBP", (0,), {"lossless": True, "quality": 100, "method": 4}, setting_option=None, feature="webp"),
         # settings are compression ratios: 24 / ratio = bits per pixel for 8-bit RGB
         ClassicalCodec(
             "jpeg2000", "JPEG2000", (192, 128, 96, 64, 48, 32, 24, 16, 12, 8),

@@ -29,13 +29,15 @@ import torch
 from compressml import metrics
 from compressml.baselines import ClassicalCodec
 from compressml.codec import container as cml
-from compressml.codec import lae as lae_codec
 from compressml.codec.files import CodecModel, atomic_write
 from compressml.codec.lae import SourceImage
 from compressml.errors import DataError
 
-RECORD_FIELDS = ("codec", "setting", "image", "height", "width", "bytes", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")
-AVERAGED = ("bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")
+RECORD_FIELDS = (
+    "codec", "setting", "image", "height", "width", "bytes", "bpp", "bpsp", "psnr", "ms_ssim", "ms_ssim_db",
+    "encode_s", "decode_s", "exact", "block_bytes_max", "block_bytes_mean", "block_budget",
+)
+AVERAGED = ("bpp", "bpsp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")
 
 
 @dataclass
@@ -68,8 +70,9 @@ def _record(codec: str, setting, image: EvalImage, num_bytes: int, reconstructio
     h, w = image.rgb.shape[:2]
     return {
         "codec": codec, "setting": setting, "image": image.name, "height": h, "width": w,
-        "bytes": num_bytes, "bpp": 8.0 * num_bytes / (h * w),
+        "bytes": num_bytes, "bpp": 8.0 * num_bytes / (h * w), "bpsp": 8.0 * num_bytes / (3 * h * w),
         **quality(reconstruction, image.rgb), "encode_s": enc, "decode_s": dec,
+        "exact": bool(np.array_equal(reconstruction, image.rgb)),
     }
 
 
@@ -84,17 +87,55 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
     for image in images:
         path = out_dir / _file_name(image, ".cml")
         start = time.perf_counter()
-        with torch.no_grad():
-            data = lae_codec.encode(model.net, SourceImage(rgb=_as_tensor(image.rgb)[0]), model.fingerprint).to_bytes()
+        data = model.encode(SourceImage(rgb=_as_tensor(image.rgb)[0])).to_bytes()
         atomic_write(path, lambda tmp: tmp.write_bytes(data), force=True)
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
-        with torch.no_grad():
-            decoded = lae_codec.decode(model.net, cml.parse(path.read_bytes()), model.fingerprint)
+        decoded = model.decode(cml.parse(path.read_bytes()))
         decode_s = time.perf_counter() - start
         rgb = EvalImage.from_tensor(image.name, decoded.rgb).rgb
-        records.append(_record(label, setting, image, path.stat().st_size, rgb, encode_s, decode_s))
+        record = _record(label, setting, image, path.stat().st_size, rgb, encode_s, decode_s)
+        if model.family == "mllae":
+            from compressml.codec.mllae import block_payload_sizes
+
+            sizes = block_payload_sizes(cml.parse(data), model.net)
+            record.update(block_bytes_max=max(sizes), block_bytes_mean=float(np.mean(sizes)), block_budget=model.net.geometry.bytes)
+        records.append(record)
     return records
+
+
+def size_matched(codec: ClassicalCodec, image: EvalImage, max_bytes: int) -> dict | None:
+    """The classical codec's best quality setting whose file is no larger than ``max_bytes`` (binary search)."""
+    lo, hi, best = 1, 100, None
+    while lo <= hi:
+        q = (lo + hi) // 2
+        data = codec.encode(image.rgb, q)
+        if len(data) <= max_bytes:
+            best, lo = (q, data), q + 1
+        else:
+            hi = q - 1
+    if best is None:
+        return None
+    q, data = best
+    return _record(codec.name, q, image, len(data), codec.decode(data), 0.0, 0.0)
+
+
+def matched_comparison(records: Sequence[dict], learned: Sequence[str], codecs: Sequence[ClassicalCodec], images: Sequence[EvalImage]) -> list[dict]:
+    """For each learned point, each codec at the same file size per image (no larger), averaged."""
+    by_name = {i.name: i for i in images}
+    rows = []
+    for (curve, setting) in dict.fromkeys((r["codec"], r["setting"]) for r in records if r["codec"] in learned):
+        ours = [r for r in records if r["codec"] == curve and r["setting"] == setting]
+        row = {"learned": curve, "setting": setting, "ours": {k: float(np.mean([r[k] for r in ours])) for k in ("bpp", "psnr", "ms_ssim")}}
+        for codec in codecs:
+            matched = [size_matched(codec, by_name[r["image"]], r["bytes"]) for r in ours]
+            if all(m is not None for m in matched):
+                row[codec.name] = {k: float(np.mean([m[k] for m in matched])) for k in ("bpp", "psnr", "ms_ssim")}
+                row[codec.name]["quality"] = [m["setting"] for m in matched]
+            else:
+                row[codec.name] = None  # some image cannot be made that small
+        rows.append(row)
+    return rows
 
 
 def evaluate_classical(codec: ClassicalCodec, settings: Sequence[int], images: Sequence[EvalImage], out_dir: Path | None = None) -> list[dict]:
@@ -125,6 +166,10 @@ def average(records: Sequence[dict]) -> list[dict]:
         row = {"codec": codec, "setting": setting, "images": len(rs)}
         row.update({k: float(np.mean([r[k] for r in rs])) for k in AVERAGED})
         row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"])
+        row["exact"] = sum(bool(r["exact"]) for r in rs)
+        if rs[0].get("block_budget") is not None:
+            row.update(block_bytes_max=max(r["block_bytes_max"] for r in rs), block_bytes_mean=float(np.mean([r["block_bytes_mean"] for r in rs])),
+                       block_budget=rs[0]["block_budget"])
         rows.append(row)
     return rows
 
@@ -224,6 +269,8 @@ def plot_rd(curves: dict[str, dict], learned: Sequence[str], path: Path, title: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    # lossless points (PNG: PSNR capped at 100 dB, far right) would flatten every lossy curve
+    curves = {n: c for n, c in curves.items() if not (c.get("psnr") and min(c["psnr"]) >= metrics.PSNR_CAP - 1e-6)}
     for name, c in curves.items():
         style = {"linewidth": 2.5, "marker": "o"} if name in learned else (
             {"linestyle": "--", "linewidth": 1.2} if name.startswith("ref:") else {"linewidth": 1.2, "marker": "."}
@@ -240,7 +287,8 @@ def plot_rd(curves: dict[str, dict], learned: Sequence[str], path: Path, title: 
         ax.set_ylabel(ylabel)
         ax.set_xlim(0, min(max_bpp, 3.0) * 1.05)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -276,7 +324,10 @@ class LearnedModel:
 
 def default_curve_name(net: torch.nn.Module) -> str:
     from compressml.models.lae import ARCHITECTURES
+    from compressml.models.mllae import MLLAE
 
+    if isinstance(net, MLLAE):
+        return "compressml-mllae-lossless" if net.lossless else f"compressml-mllae-{net.geometry.bytes}B"
     arch = next((name for name, (cls, _) in ARCHITECTURES.items() if type(net) is cls), type(net).__name__)
     return f"compressml-{arch}"
 
@@ -289,6 +340,7 @@ def run_evaluation(
     settings: dict[str, Sequence[int]] | None = None,
     reference: Sequence[str | Path] = (),
     compare: Sequence[str] = ("jpeg-420", "webp"),
+    matched: Sequence[ClassicalCodec] = (),
     keep_classical_files: bool = False,
     load_model: Callable[[Path], CodecModel] = CodecModel.load,
     progress: Callable[[str], None] = lambda msg: None,
@@ -324,6 +376,7 @@ def run_evaluation(
         "reference": references,
         "bd_rate": bd_rates({n: curves[n] for n in learned_names}, {**lossy_others, **references}),
         "nearest": nearest_points([r for r in rows if r["codec"] in learned_names], rows, compare),
+        "matched": matched_comparison(records, learned_names, matched, images),
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     text = json.dumps(result, indent=1, default=_json_default)
@@ -384,7 +437,8 @@ def evaluate_from_config(cfg) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     result = run_evaluation(
         models, images, codecs, out_dir, settings=settings, reference=reference,
-        compare=list(cfg.compare or []), keep_classical_files=bool(cfg.keep_classical_files),
+        compare=list(cfg.compare or []), matched=available_codecs(list(cfg.get("matched") or [])),
+        keep_classical_files=bool(cfg.keep_classical_files),
         progress=lambda msg: print(f"evaluating {msg}", flush=True),
     )
     result["output_dir"] = str(out_dir)
@@ -415,7 +469,13 @@ def print_report(result: dict) -> None:
             for name, r in entry["nearest"].items():
                 near.add_row(f"  {name}", str(r["setting"]), f"{r['bpp']:.3f}", f"{r['psnr']:.2f}", f"{r['ms_ssim_db']:.2f}")
         console.print(near)
+    _print_matched(console, result)
+    _print_learned_details(console, result)
     rows = [(ln, on, e) for ln, against in result["bd_rate"].items() for on, e in against.items()]
+    single = [n for n in result["learned"] if len(result["curves"][n]["bpp"]) < 2]
+    if single:
+        console.print(f"BD-rate needs a curve: {', '.join(single)} has one point (give several checkpoints, e.g. one per lambda)")
+    rows = [r for r in rows if r[0] not in single]
     if rows:
         bd = Table(title="BD-rate of the learned curve (negative: fewer bits for the same quality)", header_style="bold")
         for col in ("learned", "against", "BD-rate PSNR", "BD-rate MS-SSIM"):
@@ -425,3 +485,48 @@ def print_report(result: dict) -> None:
             bd.add_row(ln, on, fmt(e.get("psnr")), fmt(e.get("ms_ssim_db")))
         console.print(bd)
     console.print(f"results: {result['output_dir']}/results.json, results.csv, rd.png, curves/")
+
+
+def _print_matched(console, result: dict) -> None:
+    from rich.table import Table
+
+    if not result.get("matched"):
+        return
+    table = Table(title="At the same file size (each image: the best quality no larger than ours)", header_style="bold")
+    for col in ("codec", "setting", "bpp", "PSNR dB", "MS-SSIM"):
+        table.add_column(col, justify="left" if col in ("codec", "setting") else "right")
+    for row in result["matched"]:
+        o = row["ours"]
+        table.add_row(row["learned"], str(row["setting"]), f"{o['bpp']:.3f}", f"{o['psnr']:.2f}", f"{o['ms_ssim']:.4f}", style="bold")
+        for name, m in row.items():
+            if name in ("learned", "setting", "ours"):
+                continue
+            if m is None:
+                table.add_row(f"  {name}", "-", "cannot be that small", "", "")
+            else:
+                table.add_row(f"  {name}", "per image", f"{m['bpp']:.3f}", f"{m['psnr']:.2f}", f"{m['ms_ssim']:.4f}")
+    console.print(table)
+
+
+def _print_learned_details(console, result: dict) -> None:
+    """MLLAE-N block payloads, and bits per sub-pixel beside the lossless codecs when ours is exact."""
+    from rich.table import Table
+
+    learned = [r for r in result["averages"] if r["codec"] in result["learned"]]
+    blocks = [r for r in learned if r.get("block_budget") is not None]
+    if blocks:
+        table = Table(title="Bytes per block (never above N)", header_style="bold")
+        for col in ("codec", "setting", "N", "max", "mean"):
+            table.add_column(col, justify="left" if col in ("codec", "setting") else "right")
+        for r in blocks:
+            table.add_row(r["codec"], str(r["setting"]), str(r["block_budget"]), str(r["block_bytes_max"]), f"{r['block_bytes_mean']:.1f}")
+        console.print(table)
+    exact = [r for r in learned if r["exact"] == r["images"]]
+    if exact:
+        lossless = [r for r in result["averages"] if r["codec"] not in result["learned"] and r["exact"] == r["images"]]
+        table = Table(title="Lossless: bits per sub-pixel (every image verified bit-exact)", header_style="bold")
+        for col in ("codec", "bpsp", "exact images"):
+            table.add_column(col, justify="left" if col == "codec" else "right")
+        for r in exact + lossless:
+            table.add_row(r["codec"], f"{r['bpsp']:.3f}", f"{r['exact']}/{r['images']}")
+        console.print(table)

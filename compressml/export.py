@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from compressai.layers import GDN
-from compressai.models.base import CompressionModel
 from torch import nn
 
 from compressml.codec.bundle import (
@@ -48,6 +47,7 @@ from compressml.codec.bundle import (
 )
 from compressml.errors import BundleError, CheckpointError, ConfigError
 from compressml.hashing import sha256_file
+from compressml.systems.loading import read_checkpoint
 
 __all__ = ["export_bundle", "export_from_config", "load_bundle", "load_compressai", "format_summary"]
 
@@ -91,29 +91,88 @@ def _replace_gdn(module: nn.Module) -> None:
             _replace_gdn(child)
 
 
+class MLLAEEncoder(nn.Module):
+    """Blocks (N, 3, block, block) in [0, 1] -> the integer code (as float), quantization included."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.encoder = copy.deepcopy(net.encoder).eval()
+        self.binary = net.quantizer.bits == 1 and type(net.quantizer).__name__ == "BinaryNoise"
+        self.top = float(net.quantizer.levels - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)
+        if self.binary:
+            return (z > 0).to(z.dtype)
+        return torch.round(torch.sigmoid(z) * self.top)
+
+
+class MLLAEDecoder(nn.Module):
+    """The integer code (as float) -> blocks in [0, 1]."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.decoder = copy.deepcopy(net.decoder).eval()
+        self.top = float(net.quantizer.levels - 1)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.decoder(code / self.top) + 0.5, 0.0, 1.0)
+
+
+def export_transforms(net: nn.Module):
+    """(encoder, decoder, reference modules, example input, example latent, graph description) for a family."""
+    from compressml.models.mllae import MLLAE
+
+    gen = torch.Generator().manual_seed(0)
+    if isinstance(net, MLLAE):
+        g = net.geometry
+        encoder, decoder = MLLAEEncoder(net), MLLAEDecoder(net)
+        x = torch.rand(2, 3, g.block, g.block, generator=gen)
+        with torch.no_grad():
+            y = encoder(x)
+        code_shape = ["blocks", g.latent_channels, g.side, g.side]
+        graphs = {
+            "encoder": {"transform": "encoder + quantizer", "input": {"name": "x", "shape": ["blocks", 3, g.block, g.block]},
+                        "output": {"name": "y", "shape": code_shape}},
+            "decoder": {"transform": "decoder", "input": {"name": "y", "shape": code_shape},
+                        "output": {"name": "x_hat", "shape": ["blocks", 3, g.block, g.block]}},
+            "note": (f"one {g.block}x{g.block} block per batch item (tile and edge-pad images as compressml does); "
+                     f"y holds the integer code ({g.bits} bit(s) per element) as floats; x_hat is clamped to [0, 1]"),
+            "max_abs_diff": {},
+        }
+        return encoder, decoder, (encoder, decoder), x, y, graphs
+    from compressml.models.lae import stride_of
+
+    stride = stride_of(net)
+    encoder, decoder = plain_transform(net.g_a), plain_transform(net.g_s)
+    x = torch.rand(1, 3, 2 * stride, 3 * stride, generator=gen)
+    with torch.no_grad():
+        y = net.g_a(x)
+    graphs = {
+        "encoder": {"transform": "g_a", "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
+                    "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]}},
+        "decoder": {"transform": "g_s", "input": {"name": "y", "shape": ["batch", int(y.shape[1]), "height", "width"]},
+                    "output": {"name": "x_hat", "shape": ["batch", 3, "16*height", "16*width"]}},
+        "note": "height and width of an image must be multiples of the stride (pad as compressml does); x_hat is not clamped",
+        "max_abs_diff": {},
+    }
+    return encoder, decoder, (net.g_a, net.g_s), x, y, graphs
+
+
 # -- reading the checkpoint -------------------------------------------------------------------
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint as a dict, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or one that needs unpickling arbitrary objects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({first})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return ckpt
-
-
-def net_from_checkpoint(ckpt: dict, path: Path) -> CompressionModel:
-    """The CompressAI network of an LAE checkpoint, with CDF tables, without building the LightningModule."""
+def net_from_checkpoint(ckpt: dict, path: Path) -> nn.Module:
+    """The network of a checkpoint: an LAE's CompressAI model (CDF tables included, built without the
+    LightningModule), or an MLLAE."""
     from compressml.models.lae import build_lae, is_updated, load_coding_state
 
     hparams = ckpt.get("hyper_parameters") or {}
     family = (ckpt.get("compressml") or {}).get("family", hparams.get("family"))
+    if family == "mllae":
+        from compressml.systems.loading import load_system
+
+        return load_system(path, family="mllae").net
     if family != "lae" or not isinstance(hparams.get("net"), Mapping):
         raise CheckpointError(f"{path}: not a compressml LAE checkpoint (family {family!r})")
     try:
@@ -178,21 +237,12 @@ def _check_graph(what: str, diff: float) -> float:
     return diff
 
 
-def _example_inputs(net: CompressionModel, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image and its latent, a few stride multiples in size, for tracing and checking the graphs."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, 2 * stride, 3 * stride, generator=gen)
-    with torch.no_grad():
-        y = net.g_a(x)
-    return x, y
-
-
-def write_torchscript(encoder: nn.Module, decoder: nn.Module, net: CompressionModel, x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
+def write_torchscript(encoder: nn.Module, decoder: nn.Module, refs: tuple[nn.Module, nn.Module], x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
     """Script (not trace) both transforms, so any input size runs; save and check them."""
     checks = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for module, name, reference, inp in ((encoder, ENCODER_TS, net.g_a, x), (decoder, DECODER_TS, net.g_s, y)):
+        for module, name, reference, inp in ((encoder, ENCODER_TS, refs[0], x), (decoder, DECODER_TS, refs[1], y)):
             try:
                 scripted = torch.jit.script(module)
             except Exception as e:  # TorchScript compiler errors have many types
@@ -204,7 +254,7 @@ def write_torchscript(encoder: nn.Module, decoder: nn.Module, net: CompressionMo
     return checks
 
 
-def write_onnx(encoder: nn.Module, decoder: nn.Module, net: CompressionModel, x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
+def write_onnx(encoder: nn.Module, decoder: nn.Module, refs: tuple[nn.Module, nn.Module], x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
     """ONNX graphs with dynamic batch/height/width, via the TorchScript-based exporter, checked in onnxruntime.
 
     The TorchScript-based exporter (``dynamo=False``) exports these plain conv stacks in well under a
@@ -214,7 +264,7 @@ def write_onnx(encoder: nn.Module, decoder: nn.Module, net: CompressionModel, x:
     import onnxruntime as ort
 
     checks = {}
-    specs = ((encoder, ENCODER_ONNX, net.g_a, x, "x", "y"), (decoder, DECODER_ONNX, net.g_s, y, "y", "x_hat"))
+    specs = ((encoder, ENCODER_ONNX, refs[0], x, "x", "y"), (decoder, DECODER_ONNX, refs[1], y, "y", "x_hat"))
     for module, name, reference, inp, in_name, out_name in specs:
         axes = {0: "batch", 2: "height", 3: "width"}
         try:
@@ -297,26 +347,36 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_manifest(net: CompressionModel, ckpt: dict, checkpoint: Path, folder: Path, graphs: dict) -> dict:
+def build_manifest(net: nn.Module, ckpt: dict, checkpoint: Path, folder: Path, graphs: dict) -> dict:
     from compressml.codec.lae import weights_fingerprint
     from compressml.models.lae import ARCHITECTURES
+    from compressml.models.mllae import MLLAE
 
     hparams = ckpt.get("hyper_parameters") or {}
-    arch = hparams["net"]["arch"]
-    cls, stride = ARCHITECTURES[arch]
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
     }
+    if isinstance(net, MLLAE):
+        from compressml.systems.mllae import NET_KEYS
+
+        family = {
+            "family": "mllae", "architecture": "mllae", "compressai_class": None,
+            "net": {k: hparams[k] for k in NET_KEYS}, "geometry": net.geometry.as_dict(),
+            "entropy": hparams.get("entropy", "none"), "stride": net.geometry.block,
+        }
+    else:
+        arch = hparams["net"]["arch"]
+        cls, stride = ARCHITECTURES[arch]
+        family = {
+            "family": "lae", "architecture": arch, "compressai_class": cls.__name__,
+            "net": {"channels": net.g_a[0].out_channels, "latent_channels": net.g_a[-1].out_channels},
+            "stride": stride, "compressai_state_dict": WEIGHTS,
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "family": "lae",
-        "architecture": arch,
-        "compressai_class": cls.__name__,
-        "net": {"channels": net.g_a[0].out_channels, "latent_channels": net.g_a[-1].out_channels},
-        "stride": stride,
+        **family,
         "fingerprint": weights_fingerprint(net).hex(),
-        "compressai_state_dict": WEIGHTS,
         "hyper_parameters": _plain_json(hparams),
         "metrics": checkpoint_metrics(ckpt),
         "source_checkpoint": checkpoint.name,
@@ -347,30 +407,19 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
     try:
         from safetensors.torch import save_file
 
-        from compressml.models.lae import stride_of
-
         state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
 
         graphs: dict[str, Any] = {}
         if torchscript or onnx:
-            encoder, decoder = plain_transform(net.g_a), plain_transform(net.g_s)
-            x, y = _example_inputs(net, stride_of(net))
-            graphs = {
-                "encoder": {"transform": "g_a", "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
-                            "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]}},
-                "decoder": {"transform": "g_s", "input": {"name": "y", "shape": ["batch", int(y.shape[1]), "height", "width"]},
-                            "output": {"name": "x_hat", "shape": ["batch", 3, "16*height", "16*width"]}},
-                "note": "height and width of an image must be multiples of the stride (pad as compressml does); x_hat is not clamped",
-                "max_abs_diff": {},
-            }
+            encoder, decoder, refs, x, y, graphs = export_transforms(net)
             if torchscript:
                 graphs["encoder"]["torchscript"], graphs["decoder"]["torchscript"] = ENCODER_TS, DECODER_TS
-                graphs["max_abs_diff"].update(write_torchscript(encoder, decoder, net, x, y, tmp))
+                graphs["max_abs_diff"].update(write_torchscript(encoder, decoder, refs, x, y, tmp))
             if onnx:
                 graphs["encoder"]["onnx"], graphs["decoder"]["onnx"] = ENCODER_ONNX, DECODER_ONNX
                 graphs["onnx_opset"] = ONNX_OPSET
-                graphs["max_abs_diff"].update(write_onnx(encoder, decoder, net, x, y, tmp))
+                graphs["max_abs_diff"].update(write_onnx(encoder, decoder, refs, x, y, tmp))
 
         manifest = build_manifest(net, ckpt, checkpoint, tmp, graphs)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")

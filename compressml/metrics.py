@@ -1,4 +1,4 @@
-"""Image-quality and rate metrics: PSNR, MS-SSIM (any size), bits per pixel.
+"""Image-quality and rate metrics: PSNR, SSIM and MS-SSIM (any size), bits per pixel, BD-rate.
 
 Images are float tensors in [0, 1], shape (N, C, H, W). Per-image values are
 averaged over the batch, as CompressAI's evaluation does.
@@ -20,9 +20,12 @@ def mse_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x_hat - x).pow(2).flatten(1).mean(1)
 
 
+PSNR_CAP = 100.0  # dB given to identical images (instead of infinity)
+
+
 def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of each image's PSNR in dB (identical images give 100 dB, not inf)."""
-    mse = mse_per_image(x_hat.float(), x.float()).clamp_min(1e-10)
+    """Mean over the batch of each image's PSNR in dB (identical images give ``PSNR_CAP``, not inf)."""
+    mse = mse_per_image(x_hat.float(), x.float()).clamp_min(data_range**2 * 10 ** (-PSNR_CAP / 10))
     return (10 * torch.log10(data_range**2 / mse)).mean()
 
 
@@ -93,6 +96,15 @@ def ms_ssim(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0, win_s
     stacked = torch.stack(factors, 0)  # (levels, N, C)
     value = torch.prod(stacked ** weights.view(-1, 1, 1), 0)
     return value.mean()
+
+
+def ssim(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0, win_size: int = 11) -> torch.Tensor:
+    """Single-scale SSIM (Gaussian window 11, sigma 1.5), averaged over channels and the batch."""
+    x_hat, x = x_hat.float(), x.float()
+    side = min(x.shape[-2:])
+    win_size = max(min(win_size, side if side % 2 else side - 1), 1)
+    win = _gaussian_window(win_size, 1.5, x.shape[1], x.device, x.dtype)
+    return _ssim_and_cs(x_hat, x, win, data_range)[0].mean()
 
 
 def ms_ssim_db(value: torch.Tensor | float) -> float:

@@ -17,13 +17,18 @@ from compressml.systems.lae import plain
 
 log = logging.getLogger(__name__)
 
-SUMMARY_METRICS = (
-    ("val/loss", "loss (-g)"),
+SUMMARY_METRICS = (  # shown when the family logs them
+    ("val/loss", "loss"),
     ("val/psnr", "PSNR (dB)"),
     ("val/ms_ssim", "MS-SSIM"),
     ("val/bpp", "bpp (estimated)"),
-    ("val/bpp_real", "bpp (real, rANS)"),
+    ("val/bpp_code", "bpp of the fixed code"),
+    ("val/bpp_real", "bpp (real file)"),
     ("val/psnr_real", "PSNR decoded (dB)"),
+    ("val/block_bytes_max", "largest block payload (bytes)"),
+    ("val/bpsp", "bits per sub-pixel (estimated)"),
+    ("val/bpsp_real", "bits per sub-pixel (real file)"),
+    ("val/exact", "decoded bit-exact (fraction)"),
     ("val/aux_loss", "aux loss"),
 )
 

@@ -25,6 +25,9 @@ TINY = [
     "model.net.channels=8",
     "model.net.latent_channels=8",
 ]
+TINY_MLLAE = [t for t in TINY if not t.startswith("model.")] + [
+    "model=mllae", "model.bytes=16", "model.block=16", "model.channels=8", "model.residual_channels=8",
+]
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -58,20 +61,26 @@ def _quiet_env(monkeypatch, tmp_path):
     monkeypatch.setenv("COMPRESSML_CACHE", str(tmp_path / "cache"))
 
 
+def save_system_checkpoint(system, path: Path) -> Path:
+    """Save a LightningModule as a Trainer would (so its on_save_checkpoint runs)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(system)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path
+
+
 def save_tiny_checkpoint(path: Path, arch: str = "hyperprior", seed: int = 0) -> Path:
     """A tiny untrained LAE checkpoint saved by a Trainer (CDF tables updated at save)."""
-    import pytorch_lightning as pl
     import torch
 
     from compressml.systems import LAESystem
 
     torch.manual_seed(seed)
     system = LAESystem(net={"arch": arch, "channels": 8, "latent_channels": 8}, g={"_target_": "compressml.g.RateDistortion"})
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(system)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
+    return save_system_checkpoint(system, path)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from compressml.errors import ConfigError
 from compressml.training import check_config
-from conftest import CONF, TINY, compose_train, run_cli
+from conftest import CONF, TINY, TINY_MLLAE, compose_train, run_cli
 
 GROUPS = ["data", "model", "g", "trainer", "logger", "callbacks", "paths", "hydra", "experiment"]
 
@@ -80,7 +80,10 @@ def test_cli_unknown_model(tmp_path):
         (TINY + ["g.distortion=psnr"], "g.distortion must be one of"),
         (TINY + ["ckpt_path=/no/such.ckpt"], "no such checkpoint"),
         (TINY + ["g._target_=compressml.g.nope"], "cannot be imported"),
-        (["model=mllae"], "model=mllae is reserved"),
+        (["model=red"], "model=red is reserved"),
+        (TINY_MLLAE + ["model.bytes=0"], "model.bytes"),
+        (TINY_MLLAE + ["model.quantizer=gumbel"], "unknown quantizer"),
+        (TINY_MLLAE + ["model.entropy=zstd"], "model.entropy"),
         (TINY + ["data.val_crop_size=0"], "val_crop_size"),
         (TINY + ["data.num_workers=-1"], "num_workers"),
         (TINY + ["model.optimizer.lr=-1"], "learning rate"),
@@ -88,6 +91,7 @@ def test_cli_unknown_model(tmp_path):
         (TINY + ["trainer.precision=bogus"], "bogus"),
     ],
     ids=["missing-root", "bad-root", "bad-distortion", "missing-ckpt", "bad-g-target", "reserved-family",
+         "mllae-bytes", "mllae-quantizer", "mllae-entropy",
          "val-crop", "workers", "negative-lr", "not-a-ckpt", "bad-precision"],
 )
 def test_bad_values_raise_config_errors(overrides, needle, tmp_path):

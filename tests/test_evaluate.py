@@ -223,3 +223,17 @@ def test_quality_of_identical_images():
     q = quality(rgb, rgb)
     assert q["psnr"] == 100.0 and q["ms_ssim"] == pytest.approx(1.0)
     assert torch.isclose(torch.tensor(q["ms_ssim_db"]), torch.tensor(100.0))
+
+
+def test_size_matched_jpeg_is_no_larger(tmp_path, images, tiny_checkpoint):
+    result = run_evaluation([LearnedModel(tiny_checkpoint, "q1", "mine")], images, [], tmp_path / "eval",
+                            matched=[CODECS["jpeg-420"]])
+    (row,) = result["matched"]
+    ours = [r for r in result["records"] if r["codec"] == "mine"]
+    if row["jpeg-420"] is None:  # a tiny untrained model's files can be smaller than any JPEG
+        assert all(len(CODECS["jpeg-420"].encode(i.rgb, 1)) > r["bytes"] for i, r in zip(images, ours))
+    else:
+        for image, r, q in zip(images, ours, row["jpeg-420"]["quality"]):
+            assert len(CODECS["jpeg-420"].encode(image.rgb, q)) <= r["bytes"]
+            if q < 100:
+                assert len(CODECS["jpeg-420"].encode(image.rgb, q + 1)) > r["bytes"]

@@ -13,7 +13,7 @@ from compressml.loggers import read_wandb_offline_history
 from compressml.models import compress, decompress, forward_padded
 from compressml.systems import load_lae
 from compressml.training import train
-from conftest import TINY, compose_train
+from conftest import TINY, TINY_MLLAE, compose_train
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +100,21 @@ def test_other_loggers_and_no_callbacks(logger, image_folder, tmp_path):
 def test_no_logger_with_default_callbacks(image_folder, tmp_path):
     summary = run(["logger=none", "data=folder", f"data.root={image_folder}"], tmp_path)
     assert summary["global_step"] == 3 and Path(summary["last_checkpoint"]).is_file()
+
+
+@pytest.mark.parametrize("model", ["mllae", "mllae/lossless"])
+def test_mllae_training_and_files(model, image_folder, tmp_path):
+    from compressml.cli import main
+
+    overrides = [o if not o.startswith("model=") else f"model={model}" for o in TINY_MLLAE]
+    summary = train(compose_train(overrides + ["data=folder", f"data.root={image_folder}"], tmp_path / "run"))
+    best = summary["best"]
+    assert best["val/block_bytes_max"] <= 16
+    if model.endswith("lossless"):
+        assert best["val/exact"] == 1.0 and "val/bpsp_real" in best
+    ckpt = summary["last_checkpoint"]
+    src = image_folder / "img1.png"
+    assert main(["compress", str(src), "-m", ckpt, "-o", str(tmp_path / "a.cml")]) == 0
+    assert main(["decompress", str(tmp_path / "a.cml"), "-m", ckpt, "-o", str(tmp_path / "a.png")]) == 0
+    if model.endswith("lossless"):
+        assert torch.equal(load_image(tmp_path / "a.png"), load_image(src))

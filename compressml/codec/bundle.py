@@ -58,7 +58,6 @@ def _positive_int(value: Any) -> bool:
 
 def validate_manifest(manifest: Any, where: str) -> dict:
     """Check every field a loader relies on; returns the manifest or raises a one-line BundleError."""
-    from compressml.models.lae import ARCHITECTURES
 
     def bad(why: str) -> BundleError:
         return BundleError(f"{where}: malformed manifest ({why})")
@@ -72,19 +71,12 @@ def validate_manifest(manifest: Any, where: str) -> dict:
         raise bad("format_version missing")
     if version > FORMAT_VERSION:
         raise BundleError(f"{where}: bundle format {version} was made by a newer compressml (this one reads up to {FORMAT_VERSION})")
-    if manifest.get("family") != "lae":
-        raise BundleError(f"{where}: unknown model family {manifest.get('family')!r} (this compressml loads 'lae')")
-    arch = manifest.get("architecture")
-    if arch not in ARCHITECTURES:
-        raise BundleError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    cls, stride = ARCHITECTURES[arch]
-    if manifest.get("compressai_class") != cls.__name__:
-        raise bad(f"compressai_class {manifest.get('compressai_class')!r} does not match architecture {arch!r}")
-    if manifest.get("stride") != stride:
-        raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
-    net = manifest.get("net")
-    if not isinstance(net, dict) or not all(_positive_int(net.get(k)) for k in ("channels", "latent_channels")):
-        raise bad("net.channels and net.latent_channels must be positive integers")
+    if manifest.get("family") not in ("lae", "mllae"):
+        raise BundleError(f"{where}: unknown model family {manifest.get('family')!r} (this compressml loads 'lae' and 'mllae')")
+    if manifest["family"] == "mllae":
+        _validate_mllae(manifest, bad)
+    else:
+        _validate_lae(manifest, bad, where)
     if not _is_hex(manifest.get("fingerprint"), 32):
         raise bad("fingerprint must be 32 hex digits")
     files = manifest.get("files")
@@ -96,6 +88,33 @@ def validate_manifest(manifest: Any, where: str) -> dict:
         if not isinstance(entry, dict) or not _is_hex(entry.get("sha256"), 64):
             raise bad(f"files[{name!r}] needs a sha256 of 64 hex digits")
     return manifest
+
+
+def _validate_mllae(manifest: dict, bad) -> None:
+    from compressml.codec.mllae import ENTROPY_STAGES
+    from compressml.systems.mllae import NET_KEYS
+
+    net = manifest.get("net")
+    if not isinstance(net, dict) or set(net) != set(NET_KEYS):
+        raise bad(f"net must hold exactly {', '.join(NET_KEYS)}")
+    if manifest.get("entropy") not in ENTROPY_STAGES:
+        raise bad(f"entropy must be one of {', '.join(ENTROPY_STAGES)}")
+
+
+def _validate_lae(manifest: dict, bad, where: str) -> None:
+    from compressml.models.lae import ARCHITECTURES
+
+    arch = manifest.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise BundleError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    cls, stride = ARCHITECTURES[arch]
+    if manifest.get("compressai_class") != cls.__name__:
+        raise bad(f"compressai_class {manifest.get('compressai_class')!r} does not match architecture {arch!r}")
+    if manifest.get("stride") != stride:
+        raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
+    net = manifest.get("net")
+    if not isinstance(net, dict) or not all(_positive_int(net.get(k)) for k in ("channels", "latent_channels")):
+        raise bad("net.channels and net.latent_channels must be positive integers")
 
 
 def read_manifest(path: str | Path) -> tuple[Path, dict]:
@@ -133,7 +152,7 @@ def read_weights(root: Path) -> dict[str, torch.Tensor]:
         raise BundleError(f"{root}: {WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
-def _check_fingerprint(net: CompressionModel, root: Path, manifest: dict) -> None:
+def _check_fingerprint(net: torch.nn.Module, root: Path, manifest: dict) -> None:
     from compressml.codec.lae import weights_fingerprint
 
     actual = weights_fingerprint(net).hex()
@@ -141,8 +160,8 @@ def _check_fingerprint(net: CompressionModel, root: Path, manifest: dict) -> Non
         raise BundleError(f"{root}: weights fingerprint {actual[:12]} does not match the manifest's {manifest['fingerprint'][:12]}")
 
 
-def load_bundle(path: str | Path) -> tuple[CompressionModel, dict]:
-    """(CompressAI model ready to code, manifest) from a bundle folder or its manifest.json.
+def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """(model ready to code: a CompressAI model or an MLLAE, manifest) from a bundle folder or its manifest.json.
 
     Checks the manifest, the SHA-256 of every listed file, and that the loaded
     weights have the manifest's fingerprint (so ``.cml`` files made from the
@@ -154,11 +173,19 @@ def load_bundle(path: str | Path) -> tuple[CompressionModel, dict]:
     verify_files(root, manifest)
     state = read_weights(root)
     try:
-        net = build_lae(manifest["architecture"], manifest["net"]["channels"], manifest["net"]["latent_channels"])
-    except ConfigError as e:
+        if manifest["family"] == "mllae":
+            from compressml.models.mllae import MLLAE
+
+            net = MLLAE(**manifest["net"])
+        else:
+            net = build_lae(manifest["architecture"], manifest["net"]["channels"], manifest["net"]["latent_channels"])
+    except (ConfigError, TypeError) as e:
         raise BundleError(f"{root}: {e}") from None
     try:
-        load_coding_state(net, state, strict=True)
+        if manifest["family"] == "mllae":
+            net.load_state_dict(state, strict=True)
+        else:
+            load_coding_state(net, state, strict=True)
     except RuntimeError as e:
         raise BundleError(f"{root}: weights do not fit the manifest's network ({str(e).strip().splitlines()[0]})") from None
     net.eval()
@@ -171,6 +198,8 @@ def load_compressai(path: str | Path) -> CompressionModel:
     import compressai.models
 
     root, manifest = read_manifest(path)
+    if manifest["family"] != "lae":
+        raise BundleError(f"{root}: a {manifest['family']!r} bundle has no CompressAI model")
     verify_files(root, manifest)
     cls = getattr(compressai.models, manifest["compressai_class"])
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from PIL import Image
 from compressml.codec import bundle
 from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
+from compressml.codec import mllae as mllae_codec
 from compressml.codec.lae import SourceImage
 from compressml.data.images import GREY_MODES, IMAGE_SUFFIXES, array_to_tensor, list_images, open_image, pil_to_array
 from compressml.errors import CheckpointError, CompressMLError, DataError
@@ -72,11 +73,17 @@ def atomic_write(path: Path, write, force: bool) -> None:
 
 @dataclass
 class CodecModel:
-    """A model ready to code, with the fingerprint written into (and checked against) every file."""
+    """A model ready to code, with the fingerprint written into (and checked against) every file.
+
+    ``family`` picks the codec (``lae`` or ``mllae``); ``options`` are the family's
+    coding options from training (e.g. MLLAE's entropy stage).
+    """
 
     net: torch.nn.Module
     fingerprint: bytes
     source: str
+    family: str = "lae"
+    options: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> "CodecModel":
@@ -86,11 +93,29 @@ class CodecModel:
             raise CheckpointError(f"{path}: no such model file or bundle folder")
         if path.is_dir() or path.name == bundle.MANIFEST:
             net, manifest = bundle.load_bundle(path)
-            return cls(net=net, fingerprint=bytes.fromhex(manifest["fingerprint"]), source=str(path))
-        from compressml.systems.lae import load_lae
+            options = {"entropy": manifest["entropy"]} if manifest["family"] == "mllae" else {}
+            return cls(net=net, fingerprint=bytes.fromhex(manifest["fingerprint"]), source=str(path),
+                       family=manifest["family"], options=options)
+        from compressml.systems.loading import load_system
 
-        net = load_lae(path).net
-        return cls(net=net, fingerprint=lae_codec.weights_fingerprint(net), source=str(path))
+        system = load_system(path)
+        options = {"entropy": system.hparams.entropy} if system.family == "mllae" else {}
+        return cls(net=system.net, fingerprint=lae_codec.weights_fingerprint(system.net), source=str(path),
+                   family=system.family, options=options)
+
+    def encode(self, image: SourceImage) -> cml.Container:
+        with torch.no_grad():
+            if self.family == "mllae":
+                return mllae_codec.encode(self.net, image, self.fingerprint, **self.options)
+            return lae_codec.encode(self.net, image, self.fingerprint)
+
+    def decode(self, container: cml.Container) -> SourceImage:
+        if container.family != self.family:
+            raise cml.ContainerError(f"this file holds a {container.family!r} code; the model is {self.family!r}")
+        with torch.no_grad():
+            if self.family == "mllae":
+                return mllae_codec.decode(self.net, container, self.fingerprint)
+            return lae_codec.decode(self.net, container, self.fingerprint)
 
 
 def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
@@ -112,8 +137,7 @@ def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> li
 
 def compress_file(model: CodecModel, src: Path, dst: Path, force: bool = False) -> dict:
     image = read_source(src)
-    with torch.no_grad():
-        data = lae_codec.encode(model.net, image, model.fingerprint).to_bytes()
+    data = model.encode(image).to_bytes()
     atomic_write(dst, lambda tmp: tmp.write_bytes(data), force)
     h, w = image.rgb.shape[-2:]
     return {"input": str(src), "output": str(dst), "bytes": len(data), "bpp": 8 * len(data) / (h * w)}
@@ -137,8 +161,7 @@ def decompress_file(model: CodecModel, src: Path, dst: Path, fmt: str = "png", f
         raise CompressMLError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
     container = read_container(src)
     try:
-        with torch.no_grad():
-            image = lae_codec.decode(model.net, container, model.fingerprint)
+        image = model.decode(container)
     except cml.ContainerError as e:
         raise cml.ContainerError(f"{src}: {e}") from None
     except (ValueError, RuntimeError) as e:  # the rANS decoder refusing a damaged string

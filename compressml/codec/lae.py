@@ -61,8 +61,7 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
         payload = compress(model, x)
     sections = [(SHAPE, struct.pack(">II", *payload.shape))]
     sections += [(STRING, group[0]) for group in payload.strings]
-    if image.alpha is not None:
-        sections.append((ALPHA, zlib.compress(np.ascontiguousarray(image.alpha).tobytes(), 9)))
+    sections += alpha_section(image)
     return Container(
         family="lae",
         fingerprint=fingerprint or weights_fingerprint(model),
@@ -79,12 +78,7 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
 def decode(model: CompressionModel, container: Container, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS) -> SourceImage:
     if container.family != "lae":
         raise ContainerError(f"this file holds a {container.family!r} code, not an LAE one")
-    expected = fingerprint or weights_fingerprint(model)
-    if container.fingerprint != expected:
-        raise ContainerError(
-            f"made by other weights (file {container.fingerprint.hex()[:12]}, model {expected.hex()[:12]}): "
-            "decode it with the model that encoded it"
-        )
+    check_fingerprint(container, fingerprint or weights_fingerprint(model))
     stride = stride_of(model)
     h, w = container.height, container.width
     if container.pad_h != (-h) % stride or container.pad_w != (-w) % stride:
@@ -106,16 +100,36 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
             x_hat = decompress(model, payload)
     else:
         x_hat = decompress(model, payload)
-    alpha = None
-    if container.channels == 4:
-        raw = zlib.decompressobj()
-        dtype = np.uint16 if container.bit_depth == 16 else np.uint8
-        expected_len = h * w * np.dtype(dtype).itemsize
-        try:
-            data = raw.decompress(container.section(ALPHA), expected_len + 1)
-        except zlib.error:
-            raise ContainerError("corrupt alpha section") from None
-        if len(data) != expected_len:
-            raise ContainerError("alpha section has the wrong size")
-        alpha = np.frombuffer(data, dtype=dtype).reshape(h, w)
-    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth, alpha=alpha)
+    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
+                       alpha=decode_alpha(container, h, w))
+
+
+def check_fingerprint(container: Container, expected: bytes) -> None:
+    if container.fingerprint != expected:
+        raise ContainerError(
+            f"made by other weights (file {container.fingerprint.hex()[:12]}, model {expected.hex()[:12]}): "
+            "decode it with the model that encoded it"
+        )
+
+
+def alpha_section(image: SourceImage) -> list[tuple[int, bytes]]:
+    """The ALPHA section (zlib, lossless) of an RGBA source; none otherwise."""
+    if image.alpha is None:
+        return []
+    return [(ALPHA, zlib.compress(np.ascontiguousarray(image.alpha).tobytes(), 9))]
+
+
+def decode_alpha(container: Container, h: int, w: int) -> np.ndarray | None:
+    """The alpha plane of an RGBA file, checked against the image size; None for other files."""
+    if container.channels != 4:
+        return None
+    raw = zlib.decompressobj()
+    dtype = np.uint16 if container.bit_depth == 16 else np.uint8
+    expected_len = h * w * np.dtype(dtype).itemsize
+    try:
+        data = raw.decompress(container.section(ALPHA), expected_len + 1)
+    except zlib.error:
+        raise ContainerError("corrupt alpha section") from None
+    if len(data) != expected_len:
+        raise ContainerError("alpha section has the wrong size")
+    return np.frombuffer(data, dtype=dtype).reshape(h, w)

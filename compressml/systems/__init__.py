@@ -1,8 +1,11 @@
 """One LightningModule per model family: training only (optimisers, logging, validation)."""
 
+from compressml.systems.base import CodecSystem
 from compressml.systems.lae import LAESystem, load_lae
+from compressml.systems.loading import load_system
+from compressml.systems.mllae import MLLAESystem
 
-__all__ = ["LAESystem", "load_lae", "reserved_family"]
+__all__ = ["CodecSystem", "LAESystem", "MLLAESystem", "load_lae", "load_system", "reserved_family"]
 
 
 def reserved_family(family: str, **_):

@@ -1,0 +1,266 @@
+"""MLLAE images to and from ``.cml`` containers.
+
+Sections:
+
+- ``META``: block, N, bits, latent channels, latent side, the entropy stage, lossless flag.
+- ``LENGTHS``: each block's payload length as a varint (absent when every block is raw).
+- ``BLOCKS``: the block payloads, in row-major block order. A payload is the packed
+  fixed-length code (``code_bytes <= N`` bytes), or, with an entropy stage, its
+  lzma- or rANS-coded form when that is strictly shorter. A payload therefore never
+  exceeds N bytes, and its length alone says which form it is.
+- ``RESIDUAL`` (lossless mode): the rANS-coded residual between the 8-bit image and
+  the rounded prediction of the residual model, which makes decoding bit-exact.
+- ``ALPHA``: the alpha plane, zlib (as for LAE).
+
+The encoder computes the reconstruction with exactly the code path the decoder runs,
+so the residual model sees the same input on both sides.
+"""
+
+from __future__ import annotations
+
+import lzma
+import math
+import struct
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from compressml.codec.container import Container, ContainerError
+from compressml.codec.lae import SourceImage, alpha_section, check_fingerprint, decode_alpha
+from compressml.codec.tiling import TiledTransform
+from compressml.models.mllae import LOSSLESS_MAX_SCALE, LOSSLESS_MIN_SCALE, MLLAE, split_residual_params
+
+META, LENGTHS, BLOCKS, RESIDUAL = 0x01, 0x02, 0x11, 0x12
+ENTROPY_STAGES = {"none": 0, "lzma": 1, "rans": 2}
+_META = struct.Struct(">HIBHHBB")
+PRECISION = 16  # rANS CDF precision (CompressAI's)
+SCALE_LEVELS = 64  # residual scales in the CDF table, log-spaced between the model's bounds
+RESIDUAL_TILE = 512  # the residual model runs in tiles of this many pixels (with a margin) on large images
+# a block is at most a few KiB: a small dictionary keeps each (de)compression call cheap
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 16}]
+
+
+# -- fixed-length codes ---------------------------------------------------------------
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """Integers in [0, 2**bits) to a big-endian bit string, ``bits`` per value, zero-padded to a byte."""
+    values = np.asarray(codes, dtype=np.uint8).reshape(-1, 1)
+    planes = np.unpackbits(values, axis=1)[:, 8 - bits :]
+    return np.packbits(planes.reshape(-1)).tobytes()
+
+
+def unpack_codes(data: bytes, count: int, bits: int) -> np.ndarray:
+    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
+    return planes.astype(np.int64) @ weights
+
+
+def _varints(values) -> bytes:
+    out = bytearray()
+    for v in values:
+        while True:
+            byte, v = v & 0x7F, v >> 7
+            out.append(byte | (0x80 if v else 0))
+            if not v:
+                break
+    return bytes(out)
+
+
+def _read_varints(data: bytes, count: int) -> list[int]:
+    values, pos = [], 0
+    for _ in range(count):
+        v = shift = 0
+        while True:
+            if pos >= len(data) or shift > 28:
+                raise ContainerError("malformed block-length section")
+            byte = data[pos]
+            pos += 1
+            v |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        values.append(v)
+    if pos != len(data):
+        raise ContainerError("malformed block-length section")
+    return values
+
+
+# -- rANS with explicit tables --------------------------------------------------------------
+
+
+def _quantized_cdfs(pmfs: np.ndarray) -> list[list[int]]:
+    """Rows of probabilities to CompressAI's quantized CDFs (one extra escape symbol each)."""
+    from compressai._CXX import pmf_to_quantized_cdf
+
+    return [pmf_to_quantized_cdf([*map(float, row), 1e-9], PRECISION) for row in pmfs]
+
+
+def _rans_encode(symbols: np.ndarray, indexes: np.ndarray, cdfs: list[list[int]], offset: int) -> bytes:
+    from compressai.ans import RansEncoder
+
+    sizes = [len(c) for c in cdfs]
+    return RansEncoder().encode_with_indexes(symbols.tolist(), indexes.tolist(), cdfs, sizes, [offset] * len(cdfs))
+
+
+def _rans_decode(data: bytes, indexes: np.ndarray, cdfs: list[list[int]], offset: int) -> np.ndarray:
+    from compressai.ans import RansDecoder
+
+    sizes = [len(c) for c in cdfs]
+    try:
+        out = RansDecoder().decode_with_indexes(data, indexes.tolist(), cdfs, sizes, [offset] * len(cdfs))
+    except (ValueError, RuntimeError) as e:
+        raise ContainerError(f"corrupt rANS payload ({str(e).splitlines()[0]})") from None
+    return np.asarray(out, dtype=np.int64)
+
+
+def code_cdfs(model: MLLAE) -> list[list[int]]:
+    """Per-channel CDFs of the code values, from the counts seen in training (+1 smoothing)."""
+    counts = model.code_counts.detach().cpu().double().numpy() + 1.0
+    return _quantized_cdfs(counts / counts.sum(1, keepdims=True))
+
+
+def _scale_table() -> np.ndarray:
+    return np.exp(np.linspace(math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE), SCALE_LEVELS))
+
+
+@lru_cache(maxsize=1)
+def residual_cdfs() -> list[list[int]]:
+    """Discretised-logistic CDFs over residuals -255..255 for each scale of the table."""
+    from scipy.special import expit
+
+    r = np.arange(-255, 256, dtype=np.float64)
+    pmfs = []
+    for s in _scale_table():
+        upper, lower = expit((r + 0.5) / s), expit((r - 0.5) / s)
+        upper[-1], lower[0] = 1.0, 0.0  # the end bins take the tails
+        pmfs.append(upper - lower)
+    return _quantized_cdfs(np.array(pmfs))
+
+
+def _residual_params(model: MLLAE, x_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Integer centres (0..255) and scale-table indexes per sub-pixel, from the reconstruction."""
+    h, w = x_hat.shape[-2:]
+    net = model.residual.net
+    if h * w > RESIDUAL_TILE * RESIDUAL_TILE:
+        net = TiledTransform(net, factor=1, down=True, tile=RESIDUAL_TILE, margin=16)
+    with torch.no_grad():
+        mean, log_scale = split_residual_params(x_hat, net(x_hat))
+    centre = mean.clamp(0, 255).round().long()
+    lo, hi = math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE)
+    index = ((log_scale - lo) / (hi - lo) * (SCALE_LEVELS - 1)).round().clamp(0, SCALE_LEVELS - 1).long()
+    return centre.cpu().numpy().reshape(-1), index.cpu().numpy().reshape(-1)
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = "none") -> Container:
+    if entropy not in ENTROPY_STAGES:
+        raise ContainerError(f"unknown entropy stage {entropy!r}; choose from {', '.join(ENTROPY_STAGES)}")
+    g = model.geometry
+    x = image.rgb[None].to(next(model.parameters()).device)
+    codes, grid, (h, w) = model.encode(x)
+    codes_np = codes.cpu().numpy().reshape(codes.shape[0], -1)
+    payloads = [pack_codes(c, g.bits) for c in codes_np]
+    if entropy != "none":
+        cdfs = code_cdfs(model) if entropy == "rans" else None
+        channel = np.repeat(np.arange(g.latent_channels), g.side * g.side)
+        for i, raw in enumerate(payloads):
+            if entropy == "lzma":
+                coded = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+            else:
+                coded = _rans_encode(codes_np[i], channel, cdfs, 0)
+            if len(coded) < len(raw):
+                payloads[i] = coded
+    meta = _META.pack(g.block, g.bytes, g.bits, g.latent_channels, g.side, ENTROPY_STAGES[entropy], int(model.lossless))
+    sections = [(META, meta)]
+    if entropy != "none":
+        sections.append((LENGTHS, _varints(len(p) for p in payloads)))
+    sections.append((BLOCKS, b"".join(payloads)))
+    if model.lossless:
+        x_hat = model.decode(codes, grid, (h, w))
+        centre, index = _residual_params(model, x_hat)
+        x255 = (image.rgb * 255).round().long().numpy().reshape(-1)
+        sections.append((RESIDUAL, _rans_encode(x255 - centre, index, residual_cdfs(), -255)))
+    sections += alpha_section(image)
+    # lossless mode is exact at 8 bits per channel: a 16-bit source comes back as its 8-bit conversion
+    bit_depth = 8 if model.lossless and image.alpha is None else image.bit_depth
+    return Container(
+        family="mllae", fingerprint=fingerprint, height=h, width=w, channels=image.channels,
+        bit_depth=bit_depth, pad_h=(-h) % g.block, pad_w=(-w) % g.block, sections=sections,
+    )
+
+
+def block_payload_sizes(container: Container, model: MLLAE) -> list[int]:
+    """Each block's payload in bytes (never above N), checked against the block data."""
+    g = model.geometry
+    entropy = _META.unpack(container.section(META))[5] if len(container.section(META)) == _META.size else -1
+    count = ((container.height + container.pad_h) // g.block) * ((container.width + container.pad_w) // g.block)
+    if entropy == ENTROPY_STAGES["none"]:
+        lengths = [g.code_bytes] * count
+    else:
+        lengths = _read_varints(container.section(LENGTHS), count)
+    if any(n > g.code_bytes for n in lengths) or sum(lengths) != len(container.section(BLOCKS)):
+        raise ContainerError("block lengths do not match the block data")
+    return lengths
+
+
+def _block_payloads(container: Container, model: MLLAE) -> list[bytes]:
+    data = container.section(BLOCKS)
+    lengths = block_payload_sizes(container, model)
+    out, pos = [], 0
+    for n in lengths:
+        out.append(data[pos : pos + n])
+        pos += n
+    return out
+
+
+def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImage:
+    if container.family != "mllae":
+        raise ContainerError(f"this file holds a {container.family!r} code, not an MLLAE one")
+    check_fingerprint(container, fingerprint)
+    g = model.geometry
+    meta = container.section(META)
+    if len(meta) != _META.size:
+        raise ContainerError("malformed MLLAE metadata section")
+    block, n_bytes, bits, channels, side, entropy, lossless = _META.unpack(meta)
+    if (block, n_bytes, bits, channels, side) != (g.block, g.bytes, g.bits, g.latent_channels, g.side):
+        raise ContainerError("the file's block geometry does not match the model")
+    if entropy not in ENTROPY_STAGES.values() or lossless != int(model.lossless):
+        raise ContainerError("unknown entropy stage or lossless flag in the MLLAE metadata")
+    h, w = container.height, container.width
+    if container.pad_h != (-h) % g.block or container.pad_w != (-w) % g.block:
+        raise ContainerError("padding does not match the image size and the block size")
+    grid = ((h + container.pad_h) // g.block, (w + container.pad_w) // g.block)
+    count = grid[0] * grid[1]
+    cdfs = code_cdfs(model) if entropy == ENTROPY_STAGES["rans"] else None
+    channel = np.repeat(np.arange(g.latent_channels), g.side * g.side)
+    codes = np.empty((count, g.elements), dtype=np.int64)
+    for i, payload in enumerate(_block_payloads(container, model)):
+        if len(payload) == g.code_bytes:
+            codes[i] = unpack_codes(payload, g.elements, g.bits)
+        elif entropy == ENTROPY_STAGES["lzma"]:
+            try:
+                raw = lzma.decompress(payload, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+            except lzma.LZMAError:
+                raise ContainerError("corrupt lzma block payload") from None
+            if len(raw) != g.code_bytes:
+                raise ContainerError("an lzma block payload has the wrong size")
+            codes[i] = unpack_codes(raw, g.elements, g.bits)
+        else:
+            codes[i] = _rans_decode(payload, channel, cdfs, 0)
+    if codes.max(initial=0) >= 2**g.bits or codes.min(initial=0) < 0:
+        raise ContainerError("block code values out of range")
+    codes_t = torch.from_numpy(codes).view(count, g.latent_channels, g.side, g.side).to(next(model.parameters()).device)
+    x_hat = model.decode(codes_t, grid, (h, w))
+    if model.lossless:
+        centre, index = _residual_params(model, x_hat)
+        residual = _rans_decode(container.section(RESIDUAL), index, residual_cdfs(), -255)
+        x255 = centre + residual
+        if x255.min() < 0 or x255.max() > 255:
+            raise ContainerError("corrupt residual payload")
+        x_hat = torch.from_numpy(x255.reshape(1, 3, h, w)).float().div(255)
+    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
+                       alpha=decode_alpha(container, h, w))

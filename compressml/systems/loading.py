@@ -1,0 +1,58 @@
+"""Loading any family's checkpoint safely: ``weights_only=True``, dispatch on the stored family."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from compressml.errors import CheckpointError, CompressMLError
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint as a dict, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or one that needs unpickling arbitrary objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def checkpoint_family(ckpt: dict) -> str | None:
+    hparams = ckpt.get("hyper_parameters") or {}
+    return (ckpt.get("compressml") or {}).get("family", hparams.get("family"))
+
+
+def system_class(family: str | None):
+    from compressml.systems.lae import LAESystem
+    from compressml.systems.mllae import MLLAESystem
+
+    classes = {"lae": LAESystem, "mllae": MLLAESystem}
+    if family not in classes:
+        raise CheckpointError(f"unknown model family {family!r} (this version knows {', '.join(classes)})")
+    return classes[family]
+
+
+def load_system(path: str | Path, family: str | None = None, map_location: str | torch.device = "cpu"):
+    """The family's LightningModule with the checkpoint's weights, in eval mode, ready to code."""
+    ckpt = read_checkpoint(path)
+    found = checkpoint_family(ckpt)
+    if family is not None and found != family:
+        raise CheckpointError(f"{path}: a {found!r} checkpoint, not {family!r}")
+    cls = system_class(found)
+    try:
+        system = cls(**(ckpt.get("hyper_parameters") or {}))
+        system.load_state_dict(ckpt["state_dict"])
+    except CompressMLError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # wrong keys or shapes: one line for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable compressml {found} checkpoint ({first})") from None
+    return system.to(map_location).eval()
