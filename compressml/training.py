@@ -155,3 +155,24 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("last checkpoint", str(summary["last_checkpoint"]))
     table.add_row("W&B run directory", str(summary["wandb_run_dir"]))
     Console(width=max(Console().width, 100)).print(table)
+
+
+def compose(overrides: list[str], output_dir: str | Path, config_name: str = "train", root_dir: str | Path | None = None) -> DictConfig:
+    """A config from ``conf/`` composed as its entry point would compose it, with every output under
+    ``output_dir``: for calling :func:`train` (or evaluation) from plain Python, benchmarks and tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
+        if root_dir is not None:
+            cfg.paths.root_dir = str(root_dir)
+        del cfg["hydra"]
+    return cfg

@@ -90,19 +90,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 def compose_train(overrides: list[str], out_dir: Path, config_name: str = "train"):
     """A config (train.yaml by default) composed like its entry point would, with outputs under ``out_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from compressml.training import compose
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        cfg.paths.log_dir = str(out_dir)
-        cfg.paths.root_dir = str(ROOT)
-        del cfg["hydra"]
-    return cfg
+    return compose(overrides, out_dir, config_name=config_name, root_dir=ROOT)
 
 
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300):

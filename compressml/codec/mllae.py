@@ -8,8 +8,11 @@ Sections:
   fixed-length code (``code_bytes <= N`` bytes), or, with an entropy stage, its
   lzma- or rANS-coded form when that is strictly shorter. A payload therefore never
   exceeds N bytes, and its length alone says which form it is.
-- ``RESIDUAL`` (lossless mode): the rANS-coded residual between the 8-bit image and
-  the rounded prediction of the residual model, which makes decoding bit-exact.
+- ``RESIDUAL`` (lossless mode): the rANS-coded residual between the 8-bit image and the
+  rounded prediction of the residual model, which makes decoding bit-exact. It is coded in
+  the model's six context steps (two checkerboard phases times three channels), each
+  predicted from the reconstruction and every earlier step; one section per step and per
+  2^20 sub-pixels.
 - ``ALPHA``: the alpha plane, zlib (as for LAE).
 
 The encoder computes the reconstruction with exactly the code path the decoder runs,
@@ -29,14 +32,23 @@ import torch
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.lae import SourceImage, alpha_section, check_fingerprint, decode_alpha
 from compressml.codec.tiling import TiledTransform
-from compressml.models.mllae import LOSSLESS_MAX_SCALE, LOSSLESS_MIN_SCALE, MLLAE, split_residual_params
+from compressml.models.mllae import (
+    LOSSLESS_MAX_SCALE,
+    LOSSLESS_MIN_SCALE,
+    MLLAE,
+    context_input,
+    split_residual_params,
+    step_masks,
+)
 
 META, LENGTHS, BLOCKS, RESIDUAL = 0x01, 0x02, 0x11, 0x12
 ENTROPY_STAGES = {"none": 0, "lzma": 1, "rans": 2}
 _META = struct.Struct(">HIBHHBB")
 PRECISION = 16  # rANS CDF precision (CompressAI's)
+RANS_MIN_SYMBOLS = 16  # shorter strings are padded (see _padded)
 SCALE_LEVELS = 64  # residual scales in the CDF table, log-spaced between the model's bounds
 RESIDUAL_TILE = 512  # the residual model runs in tiles of this many pixels (with a margin) on large images
+RESIDUAL_CHUNK = 1 << 20  # sub-pixels per rANS string of the residual (one RESIDUAL section each)
 # a block is at most a few KiB: a small dictionary keeps each (de)compression call cheap
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 16}]
 
@@ -97,22 +109,33 @@ def _quantized_cdfs(pmfs: np.ndarray) -> list[list[int]]:
     return [pmf_to_quantized_cdf([*map(float, row), 1e-9], PRECISION) for row in pmfs]
 
 
+def _padded(symbols: np.ndarray, indexes: np.ndarray, offset: int, cdfs: list[list[int]]) -> tuple[list[int], list[int]]:
+    """At least ``RANS_MIN_SYMBOLS`` symbols: CompressAI's encoder sizes its output buffer by the symbol
+    count and overruns it (heap corruption) when flushing a string of a single symbol. The padding
+    repeats table 0's middle symbol (the residual 0); the decoder decodes it too and drops it."""
+    pad = max(RANS_MIN_SYMBOLS - len(symbols), 0)
+    middle = offset + (len(cdfs[0]) - 2) // 2
+    return [*np.asarray(symbols).tolist(), *[middle] * pad], [*np.asarray(indexes).tolist(), *[0] * pad]
+
+
 def _rans_encode(symbols: np.ndarray, indexes: np.ndarray, cdfs: list[list[int]], offset: int) -> bytes:
     from compressai.ans import RansEncoder
 
     sizes = [len(c) for c in cdfs]
-    return RansEncoder().encode_with_indexes(symbols.tolist(), indexes.tolist(), cdfs, sizes, [offset] * len(cdfs))
+    padded_symbols, padded_indexes = _padded(symbols, indexes, offset, cdfs)
+    return RansEncoder().encode_with_indexes(padded_symbols, padded_indexes, cdfs, sizes, [offset] * len(cdfs))
 
 
 def _rans_decode(data: bytes, indexes: np.ndarray, cdfs: list[list[int]], offset: int) -> np.ndarray:
     from compressai.ans import RansDecoder
 
     sizes = [len(c) for c in cdfs]
+    padded_indexes = _padded(np.zeros(len(indexes), dtype=np.int64), indexes, offset, cdfs)[1]
     try:
-        out = RansDecoder().decode_with_indexes(data, indexes.tolist(), cdfs, sizes, [offset] * len(cdfs))
+        out = RansDecoder().decode_with_indexes(data, padded_indexes, cdfs, sizes, [offset] * len(cdfs))
     except (ValueError, RuntimeError) as e:
         raise ContainerError(f"corrupt rANS payload ({str(e).splitlines()[0]})") from None
-    return np.asarray(out, dtype=np.int64)
+    return np.asarray(out[: len(indexes)], dtype=np.int64)
 
 
 def code_cdfs(model: MLLAE) -> list[list[int]]:
@@ -139,18 +162,64 @@ def residual_cdfs() -> list[list[int]]:
     return _quantized_cdfs(np.array(pmfs))
 
 
-def _residual_params(model: MLLAE, x_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Integer centres (0..255) and scale-table indexes per sub-pixel, from the reconstruction."""
+def _residual_params(model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Integer centres (0..255) and scale-table indexes, (3, H, W) each, given what is decoded so far."""
     h, w = x_hat.shape[-2:]
     net = model.residual.net
     if h * w > RESIDUAL_TILE * RESIDUAL_TILE:
         net = TiledTransform(net, factor=1, down=True, tile=RESIDUAL_TILE, margin=16)
     with torch.no_grad():
-        mean, log_scale = split_residual_params(x_hat, net(x_hat))
-    centre = mean.clamp(0, 255).round().long()
+        mean, log_scale = split_residual_params(x_hat, net(context_input(x_hat, known, known_mask)))
+    centre = mean.clamp(0, 255).round()
     lo, hi = math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE)
-    index = ((log_scale - lo) / (hi - lo) * (SCALE_LEVELS - 1)).round().clamp(0, SCALE_LEVELS - 1).long()
-    return centre.cpu().numpy().reshape(-1), index.cpu().numpy().reshape(-1)
+    index = ((log_scale - lo) / (hi - lo) * (SCALE_LEVELS - 1)).round().clamp(0, SCALE_LEVELS - 1)
+    return centre[0].cpu().int().numpy(), index[0].cpu().int().numpy()
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, i + RESIDUAL_CHUNK) for i in range(0, n, RESIDUAL_CHUNK)]
+
+
+def encode_residual(model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray) -> list[bytes]:
+    """The 8-bit image (3, H, W) given the reconstruction, coded step by step (see ``CONTEXT_STEPS``)."""
+    known = torch.zeros_like(x_hat)
+    known_mask = torch.zeros(1, *x255.shape, dtype=torch.bool, device=x_hat.device)
+    strings = []
+    for m in step_masks(x255.shape[-2:], x_hat.device):
+        centre, index = _residual_params(model, x_hat, known, known_mask)
+        sel = m.cpu().numpy()
+        residual, idx = x255[sel] - centre[sel], index[sel]
+        strings += [_rans_encode(residual[c], idx[c], residual_cdfs(), -255) for c in _chunks(residual.size)]
+        known[0][m] = torch.from_numpy(x255[sel]).to(known) / 255
+        known_mask[0] |= m
+    return strings
+
+
+def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes]) -> np.ndarray:
+    """Inverse of :func:`encode_residual`: the exact 8-bit image (3, H, W)."""
+    shape = (3, *x_hat.shape[-2:])
+    masks = step_masks(shape[-2:], x_hat.device)
+    if len(strings) != sum(len(_chunks(int(m.sum()))) for m in masks):
+        raise ContainerError("wrong number of residual sections for the image size")
+    x255 = np.zeros(shape, dtype=np.int64)
+    known = torch.zeros_like(x_hat)
+    known_mask = torch.zeros(1, *shape, dtype=torch.bool, device=x_hat.device)
+    pos = 0
+    for m in masks:
+        centre, index = _residual_params(model, x_hat, known, known_mask)
+        sel = m.cpu().numpy()
+        idx = index[sel]
+        parts = []
+        for c in _chunks(idx.size):
+            parts.append(_rans_decode(strings[pos], idx[c], residual_cdfs(), -255))
+            pos += 1
+        values = centre[sel] + (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+        if values.min(initial=0) < 0 or values.max(initial=0) > 255:
+            raise ContainerError("corrupt residual payload")
+        x255[sel] = values
+        known[0][m] = torch.from_numpy(values).to(known) / 255
+        known_mask[0] |= m
+    return x255
 
 
 # -- images ---------------------------------------------------------------------------------
@@ -181,9 +250,8 @@ def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = 
     sections.append((BLOCKS, b"".join(payloads)))
     if model.lossless:
         x_hat = model.decode(codes, grid, (h, w))
-        centre, index = _residual_params(model, x_hat)
-        x255 = (image.rgb * 255).round().long().numpy().reshape(-1)
-        sections.append((RESIDUAL, _rans_encode(x255 - centre, index, residual_cdfs(), -255)))
+        x255 = (image.rgb * 255).round().long().numpy()
+        sections += [(RESIDUAL, string) for string in encode_residual(model, x_hat, x255)]
     sections += alpha_section(image)
     # lossless mode is exact at 8 bits per channel: a 16-bit source comes back as its 8-bit conversion
     bit_depth = 8 if model.lossless and image.alpha is None else image.bit_depth
@@ -256,11 +324,7 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     codes_t = torch.from_numpy(codes).view(count, g.latent_channels, g.side, g.side).to(next(model.parameters()).device)
     x_hat = model.decode(codes_t, grid, (h, w))
     if model.lossless:
-        centre, index = _residual_params(model, x_hat)
-        residual = _rans_decode(container.section(RESIDUAL), index, residual_cdfs(), -255)
-        x255 = centre + residual
-        if x255.min() < 0 or x255.max() > 255:
-            raise ContainerError("corrupt residual payload")
-        x_hat = torch.from_numpy(x255.reshape(1, 3, h, w)).float().div(255)
+        x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL))
+        x_hat = torch.from_numpy(x255[None]).float().div(255)
     return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
                        alpha=decode_alpha(container, h, w))

@@ -10,10 +10,12 @@ The stride starts at ``stride`` (default 8) and doubles while that leaves less t
 one channel (a very small N), and halves while it gives more than
 ``max_latent_channels`` (a very large N). :func:`derive_geometry` applies the rule.
 
-**Lossless mode.** A small network predicts, from the reconstruction, a per-sub-pixel
-integer mean correction and a scale; the residual between the 8-bit image and that
-prediction is modelled with a discretised logistic, so its cost in bits is known while
-training and it can be entropy-coded exactly (see :mod:`compressml.codec.mllae`).
+**Lossless mode.** A small network predicts a per-sub-pixel integer mean and a scale from
+the reconstruction and the sub-pixels already decoded: the image is coded in six steps, two
+checkerboard phases times three channels, each seeing everything coded before it. The
+residual between the 8-bit image and that prediction is modelled with a discretised
+logistic, so its cost in bits is known while training and it is entropy-coded exactly
+(see :mod:`compressml.codec.mllae`).
 """
 
 from __future__ import annotations
@@ -98,19 +100,52 @@ def _stages(stride: int) -> int:
     return int(round(math.log2(stride)))
 
 
+# Lossless coding order: two checkerboard phases, and within each the three channels in turn.
+# Each step is predicted from the reconstruction plus every sub-pixel decoded in earlier steps.
+CONTEXT_STEPS = tuple((phase, channel) for phase in (0, 1) for channel in range(3))
+
+
+def step_masks(shape: tuple[int, int], device=None) -> list[torch.Tensor]:
+    """Per step, a (3, H, W) bool mask of the sub-pixels it codes (they partition the image)."""
+    h, w = shape
+    yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    checker = (yy + xx) % 2
+    masks = []
+    for phase, channel in CONTEXT_STEPS:
+        m = torch.zeros(3, h, w, dtype=torch.bool, device=device)
+        m[channel] = checker == phase
+        masks.append(m)
+    return masks
+
+
+def context_input(x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
+    """The residual network's input: reconstruction, decoded sub-pixels as offsets from it (0 where
+    unknown), and the mask of what is known: (N, 9, H, W)."""
+    mask = known_mask.to(x_hat.dtype).expand_as(x_hat)
+    return torch.cat([x_hat, (known - x_hat) * mask, mask], 1)
+
+
 class ResidualModel(nn.Module):
-    """Predicts, from the reconstruction, a mean correction and a log-scale per sub-pixel (lossless mode)."""
+    """Predicts a mean correction and a log-scale per sub-pixel (lossless mode), from the reconstruction
+    and the sub-pixels already decoded (see :data:`CONTEXT_STEPS`)."""
 
     def __init__(self, channels: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            _conv(3, channels), nn.LeakyReLU(0.2), ResBlock(channels), nn.LeakyReLU(0.2), ResBlock(channels),
+            _conv(9, channels), nn.LeakyReLU(0.2), ResBlock(channels), nn.LeakyReLU(0.2), ResBlock(channels),
             nn.LeakyReLU(0.2), _conv(channels, 6),
         )
 
-    def forward(self, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean in 8-bit units, log-scale), each (N, 3, H, W)."""
-        return split_residual_params(x_hat, self.net(x_hat))
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: every step's (mean, log-scale) in one pass per step, the true image giving the context."""
+        means, scales = torch.zeros_like(x_hat), torch.zeros_like(x_hat)
+        known = torch.zeros(x_hat.shape[0], 3, *x_hat.shape[-2:], dtype=torch.bool, device=x_hat.device)
+        for m in step_masks(x_hat.shape[-2:], x_hat.device):
+            mean, log_scale = split_residual_params(x_hat, self.net(context_input(x_hat, x, known)))
+            means = torch.where(m, mean, means)
+            scales = torch.where(m, log_scale, scales)
+            known = known | m
+        return means, scales
 
 
 def split_residual_params(x_hat: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +228,7 @@ class MLLAE(nn.Module):
         out = {"x_hat": x_hat, "code": code, "penalty": self.quantizer.penalty(z)}
         if self.residual is not None:
             x255 = (x * 255).round()
-            mean, log_scale = self.residual(x_hat)
+            mean, log_scale = self.residual(x_hat, x255 / 255)
             out["residual_bits"] = discretized_logistic_bits(x255, mean, log_scale)
         return out
 
