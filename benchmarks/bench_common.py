@@ -1,0 +1,70 @@
+"""What the benchmark scripts share: machine description, JSON output, small statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int | None = None) -> dict:
+    import compressai
+    import PIL
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gib = None
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "memory_gib": mem_gib,
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "compressai": compressai.__version__,
+        "pillow": PIL.__version__,
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def write_json(data: dict, path: Path) -> Path:
+    """Write via a .tmp file and rename (benchmarks/results/*.tmp is git-ignored)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
