@@ -183,7 +183,7 @@ class MLLAE(nn.Module):
         block: int = 64,
         quantizer: str = "binary_noise",
         bits: int = 1,
-        noise: float = 1.0,
+        noise: float = 0.5,
         sparsity: float = 0.0,
         channels: int = 96,
         stride: int = 8,

@@ -6,8 +6,10 @@ straight-through estimate); in eval mode, the exact integers. The decoder always
 sees ``code / (levels - 1)`` in [0, 1], so training and coding agree.
 
 - :class:`BinaryNoise`: one bit per element. Training adds Gaussian noise to the
-  features before the sigmoid, which pushes them to saturate; at test the code is
-  the hard 0/1 threshold. Its mean is a sparsity penalty (fewer ones code cheaper).
+  features before the sigmoid and thresholds the result (a stochastic binarization,
+  gradient straight through the sigmoid), which pushes the features away from 0; at
+  test the code is the deterministic hard 0/1 threshold. The mean sigmoid is a
+  sparsity penalty (fewer ones code cheaper).
 - :class:`UniformNoise`: ``bits`` per element; additive uniform noise in training,
   rounding at test (the usual proxy for quantization).
 - :class:`STEQuantizer`: ``bits`` per element; rounding in the forward pass, identity
@@ -59,7 +61,7 @@ class Quantizer(nn.Module, abc.ABC):
 
 
 class BinaryNoise(Quantizer):
-    def __init__(self, noise: float = 1.0, sparsity: float = 0.0):
+    def __init__(self, noise: float = 0.5, sparsity: float = 0.0):
         super().__init__()
         if noise < 0:
             raise ConfigError(f"binary_noise: noise must be >= 0, got {noise}")
@@ -73,7 +75,11 @@ class BinaryNoise(Quantizer):
         return (z > 0).long()
 
     def relaxed(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(z + self.noise * torch.randn_like(z))
+        # forward: the noisy sigmoid thresholded to 0/1, so the decoder only ever sees binary codes
+        # (a soft code in training and a hard one at test lets the decoder rely on values it never
+        # gets at test); backward: the noisy sigmoid's gradient (straight-through)
+        soft = torch.sigmoid(z + self.noise * torch.randn_like(z))
+        return soft + ((soft > 0.5).to(soft) - soft).detach()
 
     def penalty(self, z: torch.Tensor) -> torch.Tensor:
         return self.sparsity * torch.sigmoid(z).mean()
@@ -107,7 +113,7 @@ def _check_bits(bits: int, name: str) -> int:
 QUANTIZERS = {"binary_noise": BinaryNoise, "uniform_noise": UniformNoise, "ste": STEQuantizer}
 
 
-def build_quantizer(kind: str, bits: int = 1, noise: float = 1.0, sparsity: float = 0.0) -> Quantizer:
+def build_quantizer(kind: str, bits: int = 1, noise: float = 0.5, sparsity: float = 0.0) -> Quantizer:
     if kind not in QUANTIZERS:
         raise ConfigError(f"unknown quantizer {kind!r}; choose from {', '.join(QUANTIZERS)}")
     if kind == "binary_noise":
