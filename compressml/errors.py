@@ -32,6 +32,12 @@ class BundleError(CompressMLError):
     """An export bundle cannot be written, or one on disk is incomplete, altered or malformed."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def exit_on_user_error(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` for an entry point: a :class:`CompressMLError` ends as one line on stderr and its exit code."""
     import sys

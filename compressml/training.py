@@ -57,17 +57,13 @@ def check_config(cfg: DictConfig) -> None:
         example = " ".join(f"{k}=..." for k in missing)
         raise ConfigError(f"missing required config value(s): {', '.join(missing)} (set them, e.g. {example})")
     if cfg.get("ckpt_path"):
-        if not Path(cfg.ckpt_path).is_file():
-            raise ConfigError(f"ckpt_path: no such checkpoint file: {cfg.ckpt_path}")
-        import torch
+        from compressml.errors import CheckpointError
+        from compressml.systems.loading import read_checkpoint
 
         try:
-            ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a checkpoint, or one that needs unpickling arbitrary objects
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"ckpt_path: {cfg.ckpt_path} is not a loadable checkpoint ({first})") from None
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ConfigError(f"ckpt_path: {cfg.ckpt_path} is not a Lightning checkpoint")
+            read_checkpoint(cfg.ckpt_path)
+        except CheckpointError as e:
+            raise ConfigError(f"ckpt_path: {e}") from None
 
 
 def _build_all(section: Any, what: str) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from compressml.errors import CheckpointError, CompressMLError
+from compressml.errors import CheckpointError, CompressMLError, first_line
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -18,8 +18,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or one that needs unpickling arbitrary objects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return ckpt
@@ -53,6 +52,5 @@ def load_system(path: str | Path, family: str | None = None, map_location: str |
     except CompressMLError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # wrong keys or shapes: one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable compressml {found} checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a loadable compressml {found} checkpoint ({first_line(e)})") from None
     return system.to(map_location).eval()
