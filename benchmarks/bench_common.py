@@ -68,3 +68,13 @@ def write_json(data: dict, path: Path) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def finish(results: dict, out: Path, print_tables, started: float) -> int:
+    """Record the end of a run, print its tables, write its JSON and say where."""
+    results["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print_tables(results)
+    path = write_json(results, out)
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({results['seconds']:.0f} s)")
+    return 0

@@ -78,10 +78,9 @@ def train_checkpoint(
 
 def random_checkpoint(variant: str, size: str, dest: Path, seed: int = 0) -> Path:
     """A random-init checkpoint (CDF tables updated at save), as tests/test_codec.py makes one."""
-    import pytorch_lightning as pl
     import torch
 
-    from compressml.systems import LAESystem
+    from compressml.systems import LAESystem, save_checkpoint
 
     torch.manual_seed(seed)
     channels, latent = SIZES[size]
@@ -89,11 +88,7 @@ def random_checkpoint(variant: str, size: str, dest: Path, seed: int = 0) -> Pat
         net={"arch": variant, "channels": channels, "latent_channels": latent},
         g={"_target_": "compressml.g.RateDistortion"},
     )
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(system)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(dest)
-    return dest
+    return save_checkpoint(system, dest)
 
 
 def ensure_checkpoint(variant: str, size: str = "demo", epochs: int = 10) -> Path:

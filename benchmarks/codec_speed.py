@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import RESULTS, ROOT, machine_info, mean, median, write_json
+from bench_common import RESULTS, ROOT, finish, machine_info, mean, median
 from bench_models import SIZES, VARIANTS, ensure_checkpoint, parse_checkpoint_options
 
 DEFAULT_KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
@@ -340,12 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"][variant] = bench_variant(variant, checkpoints[variant], images, args.repeats, progress)
         results["jpeg"] = bench_jpeg(images, args.repeats, args.jpeg_quality, progress)
         results["png_io"] = bench_png_io(images, args.repeats, progress)
-    results["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    print_table(results)
-    out = write_json(results, args.out)
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} ({results['seconds']:.0f} s)")
-    return 0
+    return finish(results, args.out, print_table, started)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import RESULTS, ROOT, machine_info, write_json
+from bench_common import RESULTS, ROOT, finish, machine_info
 from bench_models import SIZES, checkpoint_path, ensure_checkpoint, random_checkpoint
 
 DEFAULT_KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
@@ -349,12 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         results["models"].append(bench_model(name, ckpt, weights, photo, args))
         print(f"[{name}] seam check on a {args.crop}x{args.crop} crop ...", flush=True)
         results["seams"][name] = seam_check(ckpt, photo, args.crop)
-    results["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    print_tables(results)
-    out = write_json(results, args.out)
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} ({results['seconds']:.0f} s)")
-    return 0
+    return finish(results, args.out, print_tables, started)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
     for image in images:
         path = out_dir / _file_name(image, ".cml")
         start = time.perf_counter()
-        data = model.encode(SourceImage(rgb=_as_tensor(image.rgb)[0])).to_bytes()
+        container = model.encode(SourceImage(rgb=_as_tensor(image.rgb)[0]))
+        data = container.to_bytes()
         atomic_write(path, lambda tmp: tmp.write_bytes(data), force=True)
         encode_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -98,7 +99,7 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
         if model.family == "mllae":
             from compressml.codec.mllae import block_payload_sizes
 
-            sizes = block_payload_sizes(cml.parse(data), model.net)
+            sizes = block_payload_sizes(container, model.net)
             record.update(block_bytes_max=max(sizes), block_bytes_mean=float(np.mean(sizes)), block_budget=model.net.geometry.bytes)
         records.append(record)
     return records

@@ -62,14 +62,9 @@ def _quiet_env(monkeypatch, tmp_path):
 
 
 def save_system_checkpoint(system, path: Path) -> Path:
-    """Save a LightningModule as a Trainer would (so its on_save_checkpoint runs)."""
-    import pytorch_lightning as pl
+    from compressml.systems import save_checkpoint
 
-    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(system)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
+    return save_checkpoint(system, path)
 
 
 def save_tiny_checkpoint(path: Path, arch: str = "hyperprior", seed: int = 0) -> Path:

@@ -2,10 +2,10 @@
 
 from compressml.systems.base import CodecSystem
 from compressml.systems.lae import LAESystem, load_lae
-from compressml.systems.loading import load_system
+from compressml.systems.loading import load_system, save_checkpoint
 from compressml.systems.mllae import MLLAESystem
 
-__all__ = ["CodecSystem", "LAESystem", "MLLAESystem", "load_lae", "load_system", "reserved_family"]
+__all__ = ["CodecSystem", "LAESystem", "MLLAESystem", "load_lae", "load_system", "reserved_family", "save_checkpoint"]
 
 
 def reserved_family(family: str, **_):

@@ -54,3 +54,16 @@ def load_system(path: str | Path, family: str | None = None, map_location: str |
     except Exception as e:  # wrong keys or shapes: one line for the user
         raise CheckpointError(f"{path}: not a loadable compressml {found} checkpoint ({first_line(e)})") from None
     return system.to(map_location).eval()
+
+
+def save_checkpoint(system, path: str | Path) -> Path:
+    """Save a freshly built system as a Trainer would (so its ``on_save_checkpoint`` runs: CDF
+    tables, family, scores) without training it: an untrained but codable checkpoint."""
+    import pytorch_lightning as pl
+
+    path = Path(path)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(system)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path
