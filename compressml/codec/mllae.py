@@ -10,9 +10,9 @@ Sections:
   exceeds N bytes, and its length alone says which form it is.
 - ``RESIDUAL`` (lossless mode): the rANS-coded residual between the 8-bit image and the
   rounded prediction of the residual model, which makes decoding bit-exact. It is coded in
-  the model's six context steps (two checkerboard phases times three channels), each
-  predicted from the reconstruction and every earlier step; one section per step and per
-  2^20 sub-pixels.
+  the model's five phases (sub-lattices, coarse to fine), R then G then B within each,
+  every pixel predicted from the reconstruction and everything decoded before it; one
+  section per phase, channel and 2^20 sub-pixels.
 - ``ALPHA``: the alpha plane, zlib (as for LAE).
 
 The encoder computes the reconstruction with exactly the code path the decoder runs,
@@ -36,9 +36,10 @@ from compressml.models.mllae import (
     LOSSLESS_MAX_SCALE,
     LOSSLESS_MIN_SCALE,
     MLLAE,
+    channel_mean,
     context_input,
+    phase_masks,
     split_residual_params,
-    step_masks,
 )
 
 META, LENGTHS, BLOCKS, RESIDUAL = 0x01, 0x02, 0x11, 0x12
@@ -162,18 +163,25 @@ def residual_cdfs() -> list[list[int]]:
     return _quantized_cdfs(np.array(pmfs))
 
 
-def _residual_params(model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Integer centres (0..255) and scale-table indexes, (3, H, W) each, given what is decoded so far."""
+def _phase_params(model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor,
+                  target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """One phase's means and couplings (tensors) and scale-table indexes (3, H, W), given what is decoded."""
     h, w = x_hat.shape[-2:]
     net = model.residual.net
     if h * w > RESIDUAL_TILE * RESIDUAL_TILE:
         net = TiledTransform(net, factor=1, down=True, tile=RESIDUAL_TILE, margin=16)
     with torch.no_grad():
-        mean, log_scale = split_residual_params(x_hat, net(context_input(x_hat, known, known_mask)))
-    centre = mean.clamp(0, 255).round()
+        context = context_input(x_hat, known, known_mask, target)
+        mu, log_scale, coupling = split_residual_params(context, net(context))
     lo, hi = math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE)
     index = ((log_scale - lo) / (hi - lo) * (SCALE_LEVELS - 1)).round().clamp(0, SCALE_LEVELS - 1)
-    return centre[0].cpu().int().numpy(), index[0].cpu().int().numpy()
+    return mu, coupling, index[0].cpu().int().numpy()
+
+
+def _centre(mu: torch.Tensor, coupling: torch.Tensor, values: torch.Tensor, c: int) -> np.ndarray:
+    """Channel ``c``'s integer centres (H, W); reads only channels < c of ``values`` (1, 3, H, W)."""
+    with torch.no_grad():
+        return channel_mean(mu, coupling, values, c).clamp(0, 255).round()[0, 0].cpu().int().numpy()
 
 
 def _chunks(n: int) -> list[slice]:
@@ -181,44 +189,50 @@ def _chunks(n: int) -> list[slice]:
 
 
 def encode_residual(model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray) -> list[bytes]:
-    """The 8-bit image (3, H, W) given the reconstruction, coded step by step (see ``CONTEXT_STEPS``)."""
+    """The 8-bit image (3, H, W) given the reconstruction, coded phase by phase and channel by
+    channel (see :data:`~compressml.models.mllae.PHASES`)."""
+    values = torch.from_numpy(x255).to(x_hat)[None]
     known = torch.zeros_like(x_hat)
-    known_mask = torch.zeros(1, *x255.shape, dtype=torch.bool, device=x_hat.device)
+    known_mask = torch.zeros(1, 1, *x255.shape[-2:], dtype=torch.bool, device=x_hat.device)
     strings = []
-    for m in step_masks(x255.shape[-2:], x_hat.device):
-        centre, index = _residual_params(model, x_hat, known, known_mask)
-        sel = m.cpu().numpy()
-        residual, idx = x255[sel] - centre[sel], index[sel]
-        strings += [_rans_encode(residual[c], idx[c], residual_cdfs(), -255) for c in _chunks(residual.size)]
-        known[0][m] = torch.from_numpy(x255[sel]).to(known) / 255
-        known_mask[0] |= m
+    for m in phase_masks(x255.shape[-2:], x_hat.device):
+        mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m)
+        sel = m[0, 0].cpu().numpy()
+        for c in range(3):
+            residual, idx = x255[c][sel] - _centre(mu, coupling, values, c)[sel], index[c][sel]
+            strings += [_rans_encode(residual[k], idx[k], residual_cdfs(), -255) for k in _chunks(residual.size)]
+        known = torch.where(m, values / 255, known)
+        known_mask |= m
     return strings
 
 
 def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes]) -> np.ndarray:
     """Inverse of :func:`encode_residual`: the exact 8-bit image (3, H, W)."""
     shape = (3, *x_hat.shape[-2:])
-    masks = step_masks(shape[-2:], x_hat.device)
-    if len(strings) != sum(len(_chunks(int(m.sum()))) for m in masks):
+    masks = phase_masks(shape[-2:], x_hat.device)
+    if len(strings) != sum(3 * len(_chunks(int(m.sum()))) for m in masks):
         raise ContainerError("wrong number of residual sections for the image size")
     x255 = np.zeros(shape, dtype=np.int64)
+    values = torch.zeros_like(x_hat)
     known = torch.zeros_like(x_hat)
-    known_mask = torch.zeros(1, *shape, dtype=torch.bool, device=x_hat.device)
+    known_mask = torch.zeros(1, 1, *shape[-2:], dtype=torch.bool, device=x_hat.device)
     pos = 0
     for m in masks:
-        centre, index = _residual_params(model, x_hat, known, known_mask)
-        sel = m.cpu().numpy()
-        idx = index[sel]
-        parts = []
-        for c in _chunks(idx.size):
-            parts.append(_rans_decode(strings[pos], idx[c], residual_cdfs(), -255))
-            pos += 1
-        values = centre[sel] + (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
-        if values.min(initial=0) < 0 or values.max(initial=0) > 255:
-            raise ContainerError("corrupt residual payload")
-        x255[sel] = values
-        known[0][m] = torch.from_numpy(values).to(known) / 255
-        known_mask[0] |= m
+        mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m)
+        sel = m[0, 0].cpu().numpy()
+        for c in range(3):
+            idx = index[c][sel]
+            parts = []
+            for k in _chunks(idx.size):
+                parts.append(_rans_decode(strings[pos], idx[k], residual_cdfs(), -255))
+                pos += 1
+            decoded = _centre(mu, coupling, values, c)[sel] + (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+            if decoded.min(initial=0) < 0 or decoded.max(initial=0) > 255:
+                raise ContainerError("corrupt residual payload")
+            x255[c][sel] = decoded
+            values[0, c][m[0, 0]] = torch.from_numpy(decoded).to(values)
+        known = torch.where(m, values / 255, known)
+        known_mask |= m
     return x255
 
 

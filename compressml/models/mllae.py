@@ -11,11 +11,12 @@ one channel (a very small N), and halves while it gives more than
 ``max_latent_channels`` (a very large N). :func:`derive_geometry` applies the rule.
 
 **Lossless mode.** A small network predicts a per-sub-pixel integer mean and a scale from
-the reconstruction and the sub-pixels already decoded: the image is coded in six steps, two
-checkerboard phases times three channels, each seeing everything coded before it. The
-residual between the 8-bit image and that prediction is modelled with a discretised
-logistic, so its cost in bits is known while training and it is entropy-coded exactly
-(see :mod:`compressml.codec.mllae`).
+the reconstruction and the pixels already decoded: the image is coded in five phases, coarse to
+fine over the sub-lattices of a 4x4 and a 2x2 grid, each seeing everything coded before it, so
+only 1/16 of the pixels rely on the reconstruction alone; within a pixel, G's mean
+follows R's residual and B's follows both (as in PixelCNN++). The residual between the 8-bit
+image and that prediction is modelled with a discretised logistic, so its cost in bits is known
+while training and it is entropy-coded exactly (see :mod:`compressml.codec.mllae`).
 """
 
 from __future__ import annotations
@@ -100,61 +101,125 @@ def _stages(stride: int) -> int:
     return int(round(math.log2(stride)))
 
 
-# Lossless coding order: two checkerboard phases, and within each the three channels in turn.
-# Each step is predicted from the reconstruction plus every sub-pixel decoded in earlier steps.
-CONTEXT_STEPS = tuple((phase, channel) for phase in (0, 1) for channel in range(3))
+# Lossless coding order: five phases over the sub-lattices of a 4x4 and then a 2x2 grid, coarse to
+# fine. Only the first (1/16 of the pixels) is predicted from the reconstruction alone; every later
+# pixel also sees decoded neighbours on all sides, two pixels away at first, then one. Within a
+# phase R, G and B are coded in turn, each mean shifted by the earlier channels' residuals.
+PHASES = (
+    ((4, 0, 0),),
+    ((4, 2, 2),),
+    ((4, 0, 2), (4, 2, 0)),
+    ((2, 1, 1),),
+    ((2, 0, 1), (2, 1, 0)),
+)  # per phase, the (period, row, column) lattices it codes
 
 
-def step_masks(shape: tuple[int, int], device=None) -> list[torch.Tensor]:
-    """Per step, a (3, H, W) bool mask of the sub-pixels it codes (they partition the image)."""
+def phase_masks(shape: tuple[int, int], device=None) -> list[torch.Tensor]:
+    """Per phase, a (1, 1, H, W) bool mask of the pixels it codes (they partition the image)."""
     h, w = shape
     yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    checker = (yy + xx) % 2
     masks = []
-    for phase, channel in CONTEXT_STEPS:
-        m = torch.zeros(3, h, w, dtype=torch.bool, device=device)
-        m[channel] = checker == phase
-        masks.append(m)
+    for lattices in PHASES:
+        m = torch.zeros(h, w, dtype=torch.bool, device=device)
+        for period, row, col in lattices:
+            m |= (yy % period == row) & (xx % period == col)
+        masks.append(m[None, None])
     return masks
 
 
-def context_input(x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
-    """The residual network's input: reconstruction, decoded sub-pixels as offsets from it (0 where
-    unknown), and the mask of what is known: (N, 9, H, W)."""
-    mask = known_mask.to(x_hat.dtype).expand_as(x_hat)
-    return torch.cat([x_hat, (known - x_hat) * mask, mask], 1)
+def _neighbour_kernel(radius: int = 2) -> torch.Tensor:
+    """Inverse-square-distance weights over a (2r+1)² window, 0 at the centre."""
+    d = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    dist2 = d[:, None] ** 2 + d[None, :] ** 2
+    return torch.where(dist2 > 0, 1 / dist2.clamp_min(1), torch.zeros(())).view(1, 1, 2 * radius + 1, 2 * radius + 1)
+
+
+def interpolate_known(values: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Each pixel's distance-weighted mean of the decoded values around it, or ``fallback`` where none
+    is near: a fixed interpolation the residual network starts from and corrects, so that it need not
+    learn to interpolate before it can learn anything finer."""
+    n, c, h, w = values.shape
+    k = _neighbour_kernel().to(values)
+    total = F.conv2d((values * mask).reshape(n * c, 1, h, w), k, padding=k.shape[-1] // 2).reshape(n, c, h, w)
+    weight = F.conv2d(mask, k, padding=k.shape[-1] // 2)
+    return torch.where(weight > 0, total / weight.clamp_min(1e-6), fallback)
+
+
+def context_input(x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The residual network's input, (N, 11, H, W): the reconstruction, the decoded pixels as offsets
+    from it (0 where unknown), the interpolation of the decoded pixels (the reconstruction where
+    none is near; :func:`interpolate_known`), the mask of what is known and the mask of what this
+    phase codes."""
+    shape = (x_hat.shape[0], 1, *x_hat.shape[-2:])
+    mask = known_mask.to(x_hat.dtype).expand(shape)
+    base = interpolate_known(known, mask, x_hat)
+    return torch.cat([x_hat, (known - x_hat) * mask, base, mask, target.to(x_hat.dtype).expand(shape)], 1)
+
+
+CONTEXT_CHANNELS = 11
+BASE = slice(6, 9)  # where context_input puts the interpolation the mean starts from
 
 
 class ResidualModel(nn.Module):
-    """Predicts a mean correction and a log-scale per sub-pixel (lossless mode), from the reconstruction
-    and the sub-pixels already decoded (see :data:`CONTEXT_STEPS`)."""
+    """Predicts, per pixel, a mean, a log-scale and the channel couplings of a discretised logistic
+    (lossless mode), from the reconstruction and the pixels already decoded (see :data:`PHASES`)."""
 
     def __init__(self, channels: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            _conv(9, channels), nn.LeakyReLU(0.2), ResBlock(channels), nn.LeakyReLU(0.2), ResBlock(channels),
-            nn.LeakyReLU(0.2), _conv(channels, 6),
+            _conv(CONTEXT_CHANNELS, channels), nn.LeakyReLU(0.2), ResBlock(channels), nn.LeakyReLU(0.2), ResBlock(channels),
+            nn.LeakyReLU(0.2), _conv(channels, RESIDUAL_OUTPUTS),
         )
+        # start from "the reconstruction is the mean, the scale is a few levels": a zero output would
+        # mean scale 1 and cost ~28 bits per sub-pixel at first, and training would start far off
+        out = self.net[-1]
+        with torch.no_grad():
+            out.weight.mul_(0.1)
+            out.bias.zero_()
+            out.bias[3:6] = math.log(RESIDUAL_INIT_SCALE)
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: every step's (mean, log-scale) in one pass per step, the true image giving the context."""
+        """Training: every sub-pixel's (mean, log-scale) in 8-bit units, one pass per phase, the true
+        image (``x`` in 0..1, on the 8-bit grid) giving the context."""
         means, scales = torch.zeros_like(x_hat), torch.zeros_like(x_hat)
-        known = torch.zeros(x_hat.shape[0], 3, *x_hat.shape[-2:], dtype=torch.bool, device=x_hat.device)
-        for m in step_masks(x_hat.shape[-2:], x_hat.device):
-            mean, log_scale = split_residual_params(x_hat, self.net(context_input(x_hat, x, known)))
+        known = torch.zeros(1, 1, *x_hat.shape[-2:], dtype=torch.bool, device=x_hat.device)
+        x255 = x * 255
+        for m in phase_masks(x_hat.shape[-2:], x_hat.device):
+            context = context_input(x_hat, x, known, m)
+            mu, log_scale, coupling = split_residual_params(context, self.net(context))
+            mean = torch.cat([channel_mean(mu, coupling, x255, c) for c in range(3)], 1)
             means = torch.where(m, mean, means)
             scales = torch.where(m, log_scale, scales)
             known = known | m
         return means, scales
 
 
-def split_residual_params(x_hat: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual network's 6 channels -> (mean in 8-bit units, clamped log-scale)."""
-    mean = x_hat * 255 + raw[:, :3]
-    return mean, raw[:, 3:].clamp(math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE))
+RESIDUAL_OUTPUTS = 9  # 3 mean corrections, 3 log-scales, 3 channel couplings (G|R, B|R, B|G)
+
+
+def split_residual_params(context: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The residual network's input and outputs -> (means in 8-bit units, clamped log-scales, couplings
+    in (-1, 1)). A mean is the interpolation of the decoded pixels (the reconstruction where none is
+    near) plus the network's correction, in the input's units (0..1)."""
+    mean = (context[:, BASE] + raw[:, :3]) * 255
+    log_scale = raw[:, 3:6].clamp(math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE))
+    return mean, log_scale, torch.tanh(raw[:, 6:9])
+
+
+def channel_mean(mu: torch.Tensor, coupling: torch.Tensor, x255: torch.Tensor, c: int) -> torch.Tensor:
+    """Channel ``c``'s mean, (N, 1, H, W): its own prediction shifted by the residuals of the channels
+    coded before it at the same pixel (PixelCNN++'s linear autoregression over R, G, B). Only channels
+    ``< c`` of ``x255`` are read, so a decoder can call it as soon as those are decoded."""
+    if c == 0:
+        return mu[:, :1]
+    r = x255[:, :1] - mu[:, :1]
+    if c == 1:
+        return mu[:, 1:2] + coupling[:, :1] * r
+    return mu[:, 2:3] + coupling[:, 1:2] * r + coupling[:, 2:3] * (x255[:, 1:2] - mu[:, 1:2])
 
 
 LOSSLESS_MIN_SCALE, LOSSLESS_MAX_SCALE = 0.1, 64.0
+RESIDUAL_INIT_SCALE = 8.0
 CHUNK_BLOCKS = 64  # blocks per encoder/decoder call when coding (bounds memory on large images)
 
 
