@@ -1,4 +1,4 @@
-"""Export a trained LAE: `python export.py checkpoint=PATH out=DIR` (see conf/export.yaml)."""
+"""Export a trained model (lae, mllae or red): `python export.py checkpoint=PATH out=DIR` (see conf/export.yaml)."""
 
 from pathlib import Path
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench_common import train_timed  # noqa: E402
+
 KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
 TRAIN = (ROOT / ".." / "shared" / "data" / "train" / "bsd200").resolve()
 WORK = Path("/tmp/compressml-bench/mllae")
@@ -32,7 +34,7 @@ WORK = Path("/tmp/compressml-bench/mllae")
 BLOCK = 64
 FIXED_BYTES = 3 * BLOCK * BLOCK // 8  # 1/8 of a raw 64x64 RGB block: 1536 bytes, 3 bpp
 MODELS = {
-    "lossless": ["model=mllae/lossless", f"model.block={BLOCK}", "model.bytes=64", "model.channels=32", "model.residual_channels=48",
+    "lossless": ["model=mllae/lossless", f"model.block={BLOCK}", "model.bytes=64", "model.channels=32", "model.residual_channels=32",
                  "model.optimizer.lr=1e-3"],
     "fixed": ["model=mllae", f"model.block={BLOCK}", f"model.bytes={FIXED_BYTES}", "model.channels=96", "model.quantizer=binary_noise",
               "model.distortion=l1_ssim", "model.optimizer.lr=5e-4"],
@@ -40,16 +42,7 @@ MODELS = {
 
 
 def train(name: str, minutes: float, device: str, crop: int, batch: int) -> Path:
-    from compressml.training import compose, train as run_training
-
-    out = WORK / f"train-{name}"
-    overrides = MODELS[name] + [
-        "data=folder", f"data.root={TRAIN}", "data.split=ratio", "data.val_ratio=0.05", f"data.crop_size={crop}",
-        "data.val_crop_size=128", f"data.batch_size={batch}", "data.repeat=10", "logger=none",
-        "model.scheduler=null", "model.log_images=0", "trainer.max_epochs=1000", f"+trainer.max_time='00:00:{int(minutes):02d}:{round(minutes % 1 * 60):02d}'",
-        f"trainer.accelerator={device}", "trainer.devices=1", "callbacks.progress_bar.refresh_rate=50",
-    ]
-    summary = run_training(compose(overrides, out, root_dir=ROOT))
+    summary = train_timed(MODELS[name], WORK / f"train-{name}", TRAIN, minutes, device, crop, batch)
     return Path(summary["last_checkpoint"])
 
 

@@ -26,12 +26,12 @@ def _outputs(pairs, out: str, suffix: str) -> list:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from compressml.codec.files import CodecModel, compress_file, expand_inputs
+    from compressml.codec.files import compress_file, expand_inputs, load_codec
     from compressml.data.images import IMAGE_SUFFIXES
 
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".cml")
     _refuse_existing([dst for _, dst in jobs], args.force)
-    model = CodecModel.load(args.model)
+    model = load_codec(args.model, args.base, args.quality)
     for src, dst in jobs:
         r = compress_file(model, src, dst, force=args.force)
         print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp")
@@ -39,14 +39,32 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from compressml.codec.files import CodecModel, decompress_file, expand_inputs
+    from compressml.codec.files import decompress_file, expand_inputs, load_codec
 
     jobs = _outputs(expand_inputs(args.inputs, (".cml",)), args.output, "." + args.format)
     _refuse_existing([dst for _, dst in jobs], args.force)
-    model = CodecModel.load(args.model)
+    model = load_codec(args.model, args.base)
     for src, dst in jobs:
         r = decompress_file(model, src, dst, fmt=args.format, force=args.force)
         print(f"{src} -> {dst}: {r['width']}x{r['height']}")
+    return 0
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    from compressml.codec.files import expand_inputs
+    from compressml.data.images import IMAGE_SUFFIXES
+    from compressml.upscale import Upscaler, upscale_file
+
+    if args.tile is not None and args.tile < 16:
+        raise CompressMLError(f"--tile must be >= 16 low-resolution pixels, got {args.tile}")
+    jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".png")
+    if any(dst.suffix.lower() != ".png" for _, dst in jobs):
+        raise CompressMLError(f"{jobs[0][1]}: upscale writes PNG files; name the output .png (or give a folder)")
+    _refuse_existing([dst for _, dst in jobs], args.force)
+    model = Upscaler.load(args.model)
+    for src, dst in jobs:
+        r = upscale_file(model, src, dst, force=args.force, tile=args.tile)
+        print(f"{src} -> {dst}: {r['width']}x{r['height']} (x{model.scale})")
     return 0
 
 
@@ -74,17 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     comp = sub.add_parser("compress", help="images (files or folders, recursive) to .cml files")
     comp.add_argument("inputs", nargs="+")
-    comp.add_argument("-m", "--model", required=True, help="an LAE: export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
+    comp.add_argument("-m", "--model", required=True, help="an LAE or MLLAE (or, with --base, a RED): export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
+    comp.add_argument("--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model")
+    comp.add_argument("-q", "--quality", type=int, help="hybrid codec: the classical base codec's quality (default 75)")
     comp.add_argument("-o", "--output", required=True, help="output folder (or file, for one input)")
     comp.add_argument("--force", action="store_true", help="overwrite existing outputs")
     comp.set_defaults(func=_compress)
     dec = sub.add_parser("decompress", help=".cml files (or folders of them) back to images")
     dec.add_argument("inputs", nargs="+")
-    dec.add_argument("-m", "--model", required=True, help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files)")
+    dec.add_argument("-m", "--model", required=True, help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files); the RED for hybrid files")
+    dec.add_argument("--base", help="hybrid files whose base layer is an LAE code: that LAE model")
     dec.add_argument("-o", "--output", required=True, help="output folder (or file, for one input)")
     dec.add_argument("--format", default="png", choices=["png", "bmp", "tiff", "webp"])
     dec.add_argument("--force", action="store_true", help="overwrite existing outputs")
     dec.set_defaults(func=_decompress)
+    up = sub.add_parser("upscale", help="super-resolve images (files or folders, recursive) with a RED model")
+    up.add_argument("inputs", nargs="+")
+    up.add_argument("-m", "--model", required=True, help="a RED: export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
+    up.add_argument("-o", "--output", required=True, help="output folder (or .png file, for one input)")
+    up.add_argument("--tile", type=int, default=256, help="low-resolution tile side for large images (default 256); results match untiled ones")
+    up.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    up.set_defaults(func=_upscale)
     info = sub.add_parser("info", help="describe .cml files")
     info.add_argument("files", nargs="+")
     info.set_defaults(func=_info)

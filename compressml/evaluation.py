@@ -345,8 +345,12 @@ def run_evaluation(
     keep_classical_files: bool = False,
     load_model: Callable[[Path], CodecModel] = CodecModel.load,
     progress: Callable[[str], None] = lambda msg: None,
+    loaded: Sequence[tuple[str, str, object]] = (),
 ) -> dict:
-    """Measure everything, write results.json / results.csv / rd.png / curves/*.json into ``out_dir``."""
+    """Measure everything, write results.json / results.csv / rd.png / curves/*.json into ``out_dir``.
+
+    ``loaded`` adds codecs that are already built, as ``(curve, setting, codec)`` with the
+    ``encode``/``decode`` of :class:`CodecModel` (the hybrid codecs); they count as learned curves."""
     if not images:
         raise DataError("no images to evaluate")
     references = load_reference(reference) if reference else {}
@@ -360,6 +364,10 @@ def run_evaluation(
         progress(f"{curve} [{m.setting}]: {len(images)} image(s)")
         records += evaluate_learned(model, curve, m.setting, images, out_dir / "files" / curve / m.setting)
         learned_names += [curve] if curve not in learned_names else []
+    for curve, setting, model in loaded:
+        progress(f"{curve} [{setting}]: {len(images)} image(s)")
+        records += evaluate_learned(model, curve, setting, images, out_dir / "files" / curve / setting)
+        learned_names += [curve] if curve not in learned_names else []
     for codec in codecs:
         chosen = tuple(settings.get(codec.name) or codec.settings)
         progress(f"{codec.name}: {len(chosen)} setting(s) x {len(images)} image(s)")
@@ -369,7 +377,7 @@ def run_evaluation(
     lossy_others = {n: c for n, c in curves.items() if n not in learned_names and len(c["bpp"]) > 1}
     result = {
         "images": [{"name": i.name, "height": i.rgb.shape[0], "width": i.rgb.shape[1]} for i in images],
-        "models": [{"path": str(m.path), "setting": m.setting} for m in models],
+        "models": [{"path": str(m.path), "setting": m.setting} for m in models] + [{"codec": c, "setting": st} for c, st, _ in loaded],
         "learned": learned_names,
         "records": records,
         "averages": rows,
@@ -413,43 +421,124 @@ def evaluation_images(datamodule, max_images: int | None = None) -> list[EvalIma
     return [EvalImage.from_tensor(item.name, item.load()) for item in items]
 
 
+def config_images(cfg) -> list[EvalImage]:
+    """``images=FOLDER`` (every image in it) when given, else the ``data`` group's held-out images."""
+    from compressml.data.images import list_images, load_image
+    from compressml.training import instantiate
+
+    folder = cfg.get("images")
+    if not folder:
+        return evaluation_images(instantiate(cfg.data, "data"), cfg.get("max_images"))
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"images: no such folder: {folder}")
+    paths = list_images(folder)[: cfg.get("max_images")]
+    if not paths:
+        raise DataError(f"images: no images in {folder}")
+    return [EvalImage.from_tensor(p.relative_to(folder).as_posix(), load_image(p)) for p in paths]
+
+
+def hybrid_codecs(specs) -> list[tuple[str, str, object]]:
+    """``hybrid=[{red: PATH, base: jpeg-420, settings: [50, 75]}, {red: PATH, base: [lae1.ckpt, ...]}]``
+    -> one ``(curve, setting, HybridCodec)`` per point: a classical base gives one point per quality,
+    an LAE base one point per LAE model."""
+    from compressml.codec.hybrid import BASE_FORMATS, HybridCodec
+    from compressml.errors import ConfigError
+    from compressml.upscale import Upscaler
+
+    points = []
+    for spec in [specs] if isinstance(specs, dict) else specs:
+        if not isinstance(spec, dict) or not spec.get("red") or not spec.get("base"):
+            raise ConfigError("each hybrid entry needs red: RED_MODEL and base: a classical codec or LAE model(s)")
+        unknown = set(spec) - {"red", "base", "settings", "label"}
+        if unknown:
+            raise ConfigError(f"hybrid entry: unknown key(s) {sorted(unknown)} (red, base, settings, label)")
+        red = Upscaler.load(spec["red"])
+        base = spec["base"]
+        if isinstance(base, str) and base in BASE_FORMATS:
+            curve = spec.get("label") or f"hybrid-{base}+red-x{red.scale}"
+            for q in spec.get("settings") or (25, 50, 75, 90):
+                points.append((curve, str(q), HybridCodec(red, base, int(q))))
+            continue
+        if spec.get("settings"):
+            raise ConfigError("hybrid entry: settings are for a classical base; an LAE base gives one point per model")
+        curve = spec.get("label") or f"hybrid-lae+red-x{red.scale}"
+        for m in learned_models(base, None):
+            points.append((curve, m.setting, HybridCodec(red, "lae", lae=CodecModel.load(m.path))))
+    return points
+
+
+def evaluate_sr_from_config(cfg, models: list[LearnedModel]) -> dict:
+    """evaluate.py with RED checkpoints: every model against bicubic on the configured images."""
+    from compressml.errors import ConfigError
+    from compressml.sr_evaluation import evaluate_sr
+    from compressml.upscale import Upscaler
+
+    upscalers = [(m.setting, Upscaler.load(m.path)) for m in models]
+    scales = {u.scale for _, u in upscalers}
+    if len(scales) > 1:
+        raise ConfigError(f"the RED checkpoints have different scales ({sorted(scales)}): evaluate one scale at a time")
+    if cfg.get("label") and len(upscalers) == 1:
+        upscalers = [(cfg.label, upscalers[0][1])]
+    images = [(im.name, _as_tensor(im.rgb)[0]) for im in config_images(cfg)]
+    out_dir = Path(cfg.paths.output_dir)
+    tile = cfg.get("tile")
+    result = evaluate_sr([(label, lambda lr, u=u: u(lr, tile)) for label, u in upscalers], images, scales.pop(),
+                         out_dir, progress=lambda name: print(f"evaluating {name}", flush=True))
+    result["output_dir"] = str(out_dir)
+    return result
+
+
 def evaluate_from_config(cfg) -> dict:
     """What ``evaluate.py`` does with its composed config (conf/evaluate.yaml)."""
     from compressml.baselines import available_codecs
     from compressml.errors import ConfigError
     from compressml.systems.lae import plain
-    from compressml.training import instantiate
+    from compressml.systems.loading import model_family
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if cfg.get("max_images") is not None and int(cfg.max_images) < 1:
         raise ConfigError(f"max_images must be >= 1, got {cfg.max_images}")
     models = learned_models(plain(cfg.checkpoint), cfg.get("label"))
+    hybrids = hybrid_codecs(plain(cfg.get("hybrid")) or [])
+    families = {model_family(m.path) for m in models}
+    if "red" in families:
+        if families != {"red"}:
+            raise ConfigError("RED (super-resolution) checkpoints are evaluated on their own, against bicubic; "
+                              "give only RED checkpoints (for RED as a codec's decoder use hybrid=)")
+        return evaluate_sr_from_config(cfg, models)
     codecs = available_codecs(list(cfg.codecs or []))
-    if not models and not codecs:
-        raise ConfigError("nothing to evaluate: give checkpoint=PATH and/or codecs=[...]")
+    if not models and not codecs and not hybrids:
+        raise ConfigError("nothing to evaluate: give checkpoint=PATH, hybrid=[...] and/or codecs=[...]")
     settings = {k: list(v) for k, v in (plain(cfg.get("settings")) or {}).items() if v is not None}
     unknown = [k for k in settings if k not in {c.name for c in codecs}]
     if unknown:
         raise ConfigError(f"settings given for codec(s) not evaluated: {unknown}")
     reference = plain(cfg.get("reference")) or []
     reference = [reference] if isinstance(reference, str) else list(reference)
-    images = evaluation_images(instantiate(cfg.data, "data"), cfg.get("max_images"))
+    images = config_images(cfg)
     out_dir = Path(cfg.paths.output_dir)
     result = run_evaluation(
         models, images, codecs, out_dir, settings=settings, reference=reference,
         compare=list(cfg.compare or []), matched=available_codecs(list(cfg.get("matched") or [])),
         keep_classical_files=bool(cfg.keep_classical_files),
-        progress=lambda msg: print(f"evaluating {msg}", flush=True),
+        progress=lambda msg: print(f"evaluating {msg}", flush=True), loaded=hybrids,
     )
     result["output_dir"] = str(out_dir)
     return result
 
 
 def print_report(result: dict) -> None:
-    """Averages per setting, learned points beside the nearest classical ones, BD-rates."""
+    """Averages per setting, learned points beside the nearest classical ones, BD-rates (or, for
+    RED checkpoints, the super-resolution table)."""
     from rich.console import Console
     from rich.table import Table
+
+    if "scale" in result:
+        from compressml.sr_evaluation import print_sr_report
+
+        return print_sr_report(result)
 
     console = Console(width=max(Console().width, 110))
     table = Table(title=f"Average over {len(result['images'])} image(s) (bpp from file sizes)", header_style="bold")

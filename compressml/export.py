@@ -1,17 +1,28 @@
-"""Export bundles: a trained LAE as files that need neither Lightning nor pickle to use.
+"""Export bundles: a trained model (LAE, MLLAE or RED) as files that need neither Lightning nor pickle to use.
 
 ``export_bundle(checkpoint, out)`` writes into ``out``:
 
-- ``weights.safetensors``: the CompressAI network's state dict with updated CDF tables.
-  It is exactly CompressAI's state dict, so ``<Class>.from_state_dict`` loads it and its
-  ``compress`` writes the same strings as compressml (no second copy is written).
+- ``weights.safetensors``: the network's state dict. For an LAE it is exactly CompressAI's
+  state dict with updated CDF tables, so ``<Class>.from_state_dict`` loads it and its
+  ``compress`` writes the same strings as compressml (no second copy is written); for an
+  MLLAE or a RED it is the compressml module's state dict.
 - ``manifest.json``: format, family, architecture, hyper-parameters, the weights
-  fingerprint that ``.cml`` files carry, metrics at export time, SHA-256 of every file,
-  library versions.
-- ``encoder.pt`` / ``decoder.pt``: the analysis transform g_a and the synthesis transform
-  g_s as TorchScript; ``encoder.onnx`` / ``decoder.onnx``: the same with dynamic batch,
-  height and width. GDN layers are exported as a plain equivalent with the reparametrized
-  beta and gamma baked in (CompressAI's custom autograd lower bound does not export).
+  fingerprint that ``.cml`` files carry (and ``compressml upscale`` compares), metrics at
+  export time, SHA-256 of every file, library versions.
+- ``encoder.pt`` / ``decoder.pt`` (codecs): the analysis transform g_a and the synthesis
+  transform g_s as TorchScript; ``encoder.onnx`` / ``decoder.onnx``: the same with dynamic
+  batch, height and width. GDN layers are exported as a plain equivalent with the
+  reparametrized beta and gamma baked in (CompressAI's custom autograd lower bound does not
+  export). An MLLAE's graphs work on blocks and include its quantizer.
+- ``upscaler.pt`` / ``upscaler.onnx`` (RED, super-resolution): the whole network,
+  low-resolution image in, high-resolution image out, with dynamic batch, height and width.
+  The global skip's antialiased bicubic upscaling (``aten::_upsample_bicubic2d_aa``, which
+  the ONNX exporter does not know, and which differs from ONNX's and PyTorch's plain bicubic:
+  Keys a = -0.5 and weights renormalised at the borders) is exported as
+  :class:`BicubicUpscale`, an equivalent made of transposed convolutions.
+
+Every graph is checked against the PyTorch network when it is written (TorchScript reloaded,
+ONNX run in onnxruntime).
 
 The folder appears whole or not at all: files are written into a temporary folder
 beside ``out`` and renamed into place. Reading a bundle is :mod:`compressml.codec.bundle`.
@@ -29,6 +40,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +63,6 @@ from compressml.systems.loading import read_checkpoint
 
 __all__ = ["export_bundle", "export_from_config", "load_bundle", "load_compressai", "format_summary"]
 
-ENCODER_TS, DECODER_TS = "encoder.pt", "decoder.pt"
-ENCODER_ONNX, DECODER_ONNX = "encoder.onnx", "decoder.onnx"
 ONNX_OPSET = 17
 GRAPH_TOLERANCE = 1e-3  # max |difference| to the PyTorch transform accepted when checking an exported graph
 
@@ -119,11 +129,95 @@ class MLLAEDecoder(nn.Module):
         return torch.clamp(self.decoder(code / self.top) + 0.5, 0.0, 1.0)
 
 
-def export_transforms(net: nn.Module):
-    """(encoder, decoder, reference modules, example input, example latent, graph description) for a family."""
+def _keys_cubic(u: float, a: float = -0.5) -> float:
+    """Keys' cubic convolution kernel (a = -0.5: PIL's, MATLAB's and PyTorch's antialiased bicubic)."""
+    u = abs(u)
+    if u < 1:
+        return ((a + 2) * u - (a + 3)) * u * u + 1
+    if u < 2:
+        return (((u - 5) * u + 8) * u - 4) * a
+    return 0.0
+
+
+class BicubicUpscale(nn.Module):
+    """``F.interpolate(x, scale_factor=s, mode="bicubic", antialias=True)`` for an integer s >= 1, in
+    exportable operations (same numbers up to float rounding; the antialiased kernel does not export).
+
+    Upscaling by s with half-pixel centres is a stationary transposed convolution of stride s: output
+    pixel ``o = s*j + t - p`` takes input pixel j with weight ``cubic((p - t - 0.5)/s + 0.5)``, so one
+    kernel of ``s + 2p`` taps (p = 3s // 2) covers the cubic's support and gives exactly ``s*n`` outputs.
+    Like PyTorch's antialiased path, taps that fall outside the image are dropped and the remaining
+    weights renormalised: the zero-padded transposed convolution is divided by that of a plane of ones
+    (per axis, as the kernel is separable).
+    """
+
+    def __init__(self, scale: int, channels: int = 3):
+        super().__init__()
+        self.scale, self.pad, self.channels = int(scale), 3 * int(scale) // 2, int(channels)
+        taps = self.scale + 2 * self.pad
+        kernel = torch.tensor([_keys_cubic((self.pad - t - 0.5) / self.scale + 0.5) for t in range(taps)])
+        self.register_buffer("kernel_w", kernel.view(1, 1, 1, taps).repeat(self.channels, 1, 1, 1))
+        self.register_buffer("kernel_h", kernel.view(1, 1, taps, 1).repeat(self.channels, 1, 1, 1))
+
+    def _along_w(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.kernel_w[:groups], stride=(1, self.scale), padding=(0, self.pad), groups=groups)
+
+    def _along_h(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.kernel_h[:groups], stride=(self.scale, 1), padding=(self.pad, 0), groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self._along_h(self._along_w(x, self.channels), self.channels)
+        norm_w = self._along_w(torch.ones_like(x[:1, :1, :1, :]), 1)  # (1, 1, 1, s*W)
+        norm_h = self._along_h(torch.ones_like(x[:1, :1, :, :1]), 1)  # (1, 1, s*H, 1)
+        return up / (norm_h * norm_w)
+
+
+class REDUpscaler(nn.Module):
+    """A RED as one exportable graph: its body, plus :class:`BicubicUpscale` for the global skip."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.body = copy.deepcopy(net.body).eval()
+        self.global_skip = bool(net.global_skip)
+        self.skip = BicubicUpscale(net.scale)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        out = self.body(lr)
+        if self.global_skip:
+            out = out + self.skip(lr)
+        return out
+
+
+@dataclass
+class Graph:
+    """One graph of a bundle: ``module`` is written as ``<name>.pt`` / ``<name>.onnx`` and must compute
+    what ``reference`` (the PyTorch network) computes on ``example``."""
+
+    name: str
+    module: nn.Module
+    reference: nn.Module
+    example: torch.Tensor
+    input_name: str
+    output_name: str
+
+
+def export_graphs(net: nn.Module) -> tuple[list[Graph], dict]:
+    """(graphs to write, their description for the manifest) for a network of any family."""
     from compressml.models.mllae import MLLAE
+    from compressml.models.red import RED
 
     gen = torch.Generator().manual_seed(0)
+    if isinstance(net, RED):
+        s = net.scale
+        x = torch.rand(1, 3, 11, 14, generator=gen)
+        graphs = {
+            "upscaler": {"transform": "RED (global skip: antialiased bicubic as transposed convolutions)" if net.global_skip else "RED",
+                         "input": {"name": "lr", "shape": ["batch", 3, "height", "width"]},
+                         "output": {"name": "sr", "shape": ["batch", 3, f"{s}*height", f"{s}*width"]}},
+            "note": "lr is RGB in [0, 1], any size; sr is not clamped (clamp to [0, 1] as compressml does)",
+            "max_abs_diff": {},
+        }
+        return [Graph("upscaler", REDUpscaler(net), net, x, "lr", "sr")], graphs
     if isinstance(net, MLLAE):
         g = net.geometry
         encoder, decoder = MLLAEEncoder(net), MLLAEDecoder(net)
@@ -140,7 +234,7 @@ def export_transforms(net: nn.Module):
                      f"y holds the integer code ({g.bits} bit(s) per element) as floats; x_hat is clamped to [0, 1]"),
             "max_abs_diff": {},
         }
-        return encoder, decoder, (encoder, decoder), x, y, graphs
+        return [Graph("encoder", encoder, encoder, x, "x", "y"), Graph("decoder", decoder, decoder, y, "y", "x_hat")], graphs
     from compressml.models.lae import stride_of
 
     stride = stride_of(net)
@@ -156,7 +250,7 @@ def export_transforms(net: nn.Module):
         "note": "height and width of an image must be multiples of the stride (pad as compressml does); x_hat is not clamped",
         "max_abs_diff": {},
     }
-    return encoder, decoder, (net.g_a, net.g_s), x, y, graphs
+    return [Graph("encoder", encoder, net.g_a, x, "x", "y"), Graph("decoder", decoder, net.g_s, y, "y", "x_hat")], graphs
 
 
 # -- reading the checkpoint -------------------------------------------------------------------
@@ -164,15 +258,15 @@ def export_transforms(net: nn.Module):
 
 def net_from_checkpoint(ckpt: dict, path: Path) -> nn.Module:
     """The network of a checkpoint: an LAE's CompressAI model (CDF tables included, built without the
-    LightningModule), or an MLLAE."""
+    LightningModule), an MLLAE or a RED."""
     from compressml.models.lae import build_lae, is_updated, load_coding_state
 
     hparams = ckpt.get("hyper_parameters") or {}
     family = (ckpt.get("compressml") or {}).get("family", hparams.get("family"))
-    if family == "mllae":
+    if family in ("mllae", "red"):
         from compressml.systems.loading import load_system
 
-        return load_system(path, family="mllae").net
+        return load_system(path, family=family).net
     if family != "lae" or not isinstance(hparams.get("net"), Mapping):
         raise CheckpointError(f"{path}: not a compressml LAE checkpoint (family {family!r})")
     try:
@@ -237,24 +331,25 @@ def _check_graph(what: str, diff: float) -> float:
     return diff
 
 
-def write_torchscript(encoder: nn.Module, decoder: nn.Module, refs: tuple[nn.Module, nn.Module], x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
-    """Script (not trace) both transforms, so any input size runs; save and check them."""
+def write_torchscript(specs: list[Graph], folder: Path) -> dict:
+    """Script (not trace) every graph, so any input size runs; save and check them."""
     checks = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for module, name, reference, inp in ((encoder, ENCODER_TS, refs[0], x), (decoder, DECODER_TS, refs[1], y)):
+        for spec in specs:
+            name, inp = f"{spec.name}.pt", spec.example
             try:
-                scripted = torch.jit.script(module)
+                scripted = torch.jit.script(spec.module)
             except Exception as e:  # TorchScript compiler errors have many types
                 raise BundleError(f"TorchScript export of {name} failed ({str(e).strip().splitlines()[0]}); use torchscript=false") from None
             torch.jit.save(scripted, str(folder / name))
             loaded = torch.jit.load(str(folder / name), map_location="cpu")
             with torch.no_grad():
-                checks[name] = _check_graph(name, _max_diff(loaded(inp), reference(inp)))
+                checks[name] = _check_graph(name, _max_diff(loaded(inp), spec.reference(inp)))
     return checks
 
 
-def write_onnx(encoder: nn.Module, decoder: nn.Module, refs: tuple[nn.Module, nn.Module], x: torch.Tensor, y: torch.Tensor, folder: Path) -> dict:
+def write_onnx(specs: list[Graph], folder: Path) -> dict:
     """ONNX graphs with dynamic batch/height/width, via the TorchScript-based exporter, checked in onnxruntime.
 
     The TorchScript-based exporter (``dynamo=False``) exports these plain conv stacks in well under a
@@ -264,14 +359,14 @@ def write_onnx(encoder: nn.Module, decoder: nn.Module, refs: tuple[nn.Module, nn
     import onnxruntime as ort
 
     checks = {}
-    specs = ((encoder, ENCODER_ONNX, refs[0], x, "x", "y"), (decoder, DECODER_ONNX, refs[1], y, "y", "x_hat"))
-    for module, name, reference, inp, in_name, out_name in specs:
+    for spec in specs:
+        name, inp, in_name, out_name = f"{spec.name}.onnx", spec.example, spec.input_name, spec.output_name
         axes = {0: "batch", 2: "height", 3: "width"}
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    module,
+                    spec.module,
                     (inp,),
                     str(folder / name),
                     dynamo=False,
@@ -287,7 +382,7 @@ def write_onnx(encoder: nn.Module, decoder: nn.Module, refs: tuple[nn.Module, nn
         session = ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
         out = session.run(None, {in_name: inp.numpy()})[0]
         with torch.no_grad():
-            checks[name] = _check_graph(name, _max_diff(torch.from_numpy(out), reference(inp)))
+            checks[name] = _check_graph(name, _max_diff(torch.from_numpy(out), spec.reference(inp)))
     return checks
 
 
@@ -351,12 +446,20 @@ def build_manifest(net: nn.Module, ckpt: dict, checkpoint: Path, folder: Path, g
     from compressml.codec.lae import weights_fingerprint
     from compressml.models.lae import ARCHITECTURES
     from compressml.models.mllae import MLLAE
+    from compressml.models.red import RED
 
     hparams = ckpt.get("hyper_parameters") or {}
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
     }
-    if isinstance(net, MLLAE):
+    if isinstance(net, RED):
+        from compressml.systems.red import NET_KEYS
+
+        family = {
+            "family": "red", "architecture": net.arch, "compressai_class": None,
+            "net": {k: hparams[k] for k in NET_KEYS}, "scale": net.scale,
+        }
+    elif isinstance(net, MLLAE):
         from compressml.systems.mllae import NET_KEYS
 
         family = {
@@ -388,7 +491,7 @@ def build_manifest(net: nn.Module, ckpt: dict, checkpoint: Path, folder: Path, g
 
 
 def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False, onnx: bool = True, torchscript: bool = True) -> dict:
-    """Write the export bundle of an LAE checkpoint into ``out_dir``; returns a summary.
+    """Write the export bundle of a checkpoint (LAE, MLLAE or RED) into ``out_dir``; returns a summary.
 
     ``out_dir`` must not exist or be empty; ``force`` replaces an existing bundle (a folder
     holding a manifest.json), never another non-empty folder. Nothing partial is left on failure.
@@ -412,14 +515,15 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
 
         graphs: dict[str, Any] = {}
         if torchscript or onnx:
-            encoder, decoder, refs, x, y, graphs = export_transforms(net)
+            specs, graphs = export_graphs(net)
+            for spec in specs:
+                graphs[spec.name].update({**({"torchscript": f"{spec.name}.pt"} if torchscript else {}),
+                                          **({"onnx": f"{spec.name}.onnx"} if onnx else {})})
             if torchscript:
-                graphs["encoder"]["torchscript"], graphs["decoder"]["torchscript"] = ENCODER_TS, DECODER_TS
-                graphs["max_abs_diff"].update(write_torchscript(encoder, decoder, refs, x, y, tmp))
+                graphs["max_abs_diff"].update(write_torchscript(specs, tmp))
             if onnx:
-                graphs["encoder"]["onnx"], graphs["decoder"]["onnx"] = ENCODER_ONNX, DECODER_ONNX
                 graphs["onnx_opset"] = ONNX_OPSET
-                graphs["max_abs_diff"].update(write_onnx(encoder, decoder, refs, x, y, tmp))
+                graphs["max_abs_diff"].update(write_onnx(specs, tmp))
 
         manifest = build_manifest(net, ckpt, checkpoint, tmp, graphs)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")

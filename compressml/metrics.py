@@ -107,6 +107,33 @@ def ssim(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0, win_size
     return _ssim_and_cs(x_hat, x, win, data_range)[0].mean()
 
 
+# ITU-R BT.601 luma as MATLAB's rgb2ycbcr and BasicSR compute it: for RGB in [0, 1],
+# Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255, so Y is in [16/255, 235/255].
+Y_WEIGHTS = (65.481, 128.553, 24.966)
+
+
+def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 1, H, W) BT.601 luma in [0, 1] units (not rounded)."""
+    w = torch.tensor(Y_WEIGHTS, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) / 255
+    return (x.float() * w).sum(1, keepdim=True) + 16 / 255
+
+
+def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
+    """Drop ``border`` pixels on every side (super-resolution's ``crop_border = scale``)."""
+    return x[..., border : x.shape[-2] - border, border : x.shape[-1] - border] if border else x
+
+
+def psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
+    """PSNR on the Y channel after cropping ``border`` pixels, averaged over the batch (BasicSR's
+    ``calculate_psnr(test_y_channel=True)``)."""
+    return psnr(crop_border(rgb_to_y(sr), border), crop_border(rgb_to_y(hr), border))
+
+
+def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
+    """SSIM on the Y channel after cropping ``border`` pixels, averaged over the batch."""
+    return ssim(crop_border(rgb_to_y(sr), border), crop_border(rgb_to_y(hr), border))
+
+
 def ms_ssim_db(value: torch.Tensor | float) -> float:
     """MS-SSIM on a dB scale, -10 log10(1 - value), as CompressAI reports it."""
     value = float(value)

@@ -29,6 +29,9 @@ SUMMARY_METRICS = (  # shown when the family logs them
     ("val/bpsp", "bits per sub-pixel (estimated)"),
     ("val/bpsp_real", "bits per sub-pixel (real file)"),
     ("val/exact", "decoded bit-exact (fraction)"),
+    ("val/psnr_y", "Y-PSNR (dB)"),
+    ("val/psnr_y_bicubic", "Y-PSNR of bicubic (dB)"),
+    ("val/ssim_y", "Y-SSIM"),
     ("val/aux_loss", "aux loss"),
 )
 
@@ -81,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     model = instantiate(cfg.model, "model", g=plain(cfg.g))
     datamodule = instantiate(cfg.data, "data")
+    model.adapt_datamodule(datamodule)
     callbacks = _build_all(cfg.get("callbacks"), "callbacks")
     loggers = _build_all(cfg.get("logger"), "logger")
     if not loggers:  # an LR monitor needs somewhere to log to

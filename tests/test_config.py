@@ -80,7 +80,6 @@ def test_cli_unknown_model(tmp_path):
         (TINY + ["g.distortion=psnr"], "g.distortion must be one of"),
         (TINY + ["ckpt_path=/no/such.ckpt"], "no such checkpoint"),
         (TINY + ["g._target_=compressml.g.nope"], "cannot be imported"),
-        (["model=red"], "model=red is reserved"),
         (TINY_MLLAE + ["model.bytes=0"], "model.bytes"),
         (TINY_MLLAE + ["model.quantizer=gumbel"], "unknown quantizer"),
         (TINY_MLLAE + ["model.entropy=zstd"], "model.entropy"),
@@ -90,7 +89,7 @@ def test_cli_unknown_model(tmp_path):
         (TINY + ["ckpt_path=" + __file__], "not a loadable checkpoint"),
         (TINY + ["trainer.precision=bogus"], "bogus"),
     ],
-    ids=["missing-root", "bad-root", "bad-distortion", "missing-ckpt", "bad-g-target", "reserved-family",
+    ids=["missing-root", "bad-root", "bad-distortion", "missing-ckpt", "bad-g-target",
          "mllae-bytes", "mllae-quantizer", "mllae-entropy",
          "val-crop", "workers", "negative-lr", "not-a-ckpt", "bad-precision"],
 )

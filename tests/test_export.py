@@ -345,3 +345,122 @@ def test_broken_bundles_are_one_line_errors(bundles, tmp_path, name, capsys):
     with pytest.raises(BundleError, match=needle) as exc:
         load_bundle(root)
     assert "\n" not in str(exc.value)
+
+
+# -- RED (super-resolution) -------------------------------------------------------------------
+
+RED_CASES = {"espcn-x3": ("espcn", 3), "fsrcnn-x2": ("fsrcnn", 2), "edsr-x4": ("edsr", 4)}
+RED_FILES = {"manifest.json", "weights.safetensors", "upscaler.pt", "upscaler.onnx"}
+
+
+def make_red_checkpoint(path: Path, arch: str, scale: int) -> Path:
+    """A tiny RED checkpoint whose body is not zero (a fresh RED with a global skip is exactly bicubic)."""
+    from compressml.systems import REDSystem
+    from conftest import save_system_checkpoint
+
+    torch.manual_seed(0)
+    system = REDSystem(arch=arch, scale=scale, channels=8, blocks=1)
+    last = [m for m in system.net.body.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
+    torch.nn.init.normal_(last.weight, std=0.05)
+    torch.nn.init.normal_(last.bias, std=0.05)
+    system.best_val = {"val/loss": 0.05, "val/psnr_y": 30.5, "epoch": 2, "step": 40}
+    return save_system_checkpoint(system, path)
+
+
+@pytest.fixture(scope="module")
+def red_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("red_ckpts")
+    return {case: make_red_checkpoint(root / f"{case}.ckpt", *spec) for case, spec in RED_CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def red_bundles(red_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("red_bundles")
+    for case, ckpt in red_checkpoints.items():
+        export_bundle(ckpt, root / case)
+    return {case: root / case for case in red_checkpoints}
+
+
+@pytest.fixture(scope="module")
+def red_nets(red_checkpoints) -> dict[str, torch.nn.Module]:
+    from compressml.systems import load_system
+
+    return {case: load_system(ckpt, family="red").net for case, ckpt in red_checkpoints.items()}
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_upscale_graph_matches_pytorch(scale):
+    from compressml.export import BicubicUpscale
+    from compressml.models.red import bicubic_upscale
+
+    up = BicubicUpscale(scale)
+    for shape in [(1, 3, 1, 5), (2, 3, 2, 3), (1, 3, 17, 29)]:
+        x = torch.rand(*shape)
+        out = up(x)
+        assert out.shape == (shape[0], 3, shape[2] * scale, shape[3] * scale)
+        assert torch.allclose(out, bicubic_upscale(x, scale), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(RED_CASES))
+def test_red_bundle_manifest_and_load(red_bundles, red_nets, red_checkpoints, case):
+    from compressml.models.red import RED
+
+    arch, scale = RED_CASES[case]
+    root = red_bundles[case]
+    assert {p.name for p in root.iterdir()} == RED_FILES
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert (manifest["family"], manifest["architecture"], manifest["scale"]) == ("red", arch, scale)
+    assert manifest["net"] == {"arch": arch, "scale": scale, "channels": 8, "blocks": 1, "global_skip": True}
+    assert manifest["fingerprint"] == lae_codec.weights_fingerprint(red_nets[case]).hex()
+    assert manifest["metrics"]["best_val"] == {"val/loss": 0.05, "val/psnr_y": 30.5, "epoch": 2, "step": 40}
+    assert set(manifest["files"]) == RED_FILES - {"manifest.json"}
+    assert manifest["graphs"]["upscaler"]["input"]["name"] == "lr" and manifest["graphs"]["onnx_opset"] == 17
+    assert max(manifest["graphs"]["max_abs_diff"].values()) < 1e-4
+    assert {"torch", "safetensors", "onnx", "onnxruntime"} <= set(manifest["versions"])
+
+    net, loaded = load_bundle(root)
+    assert isinstance(net, RED) and not net.training and loaded == manifest
+    assert (net.arch, net.scale) == (arch, scale)
+    x = torch.rand(1, 3, 10, 7)
+    with torch.no_grad():
+        assert torch.equal(net(x), red_nets[case](x))
+
+
+@pytest.mark.parametrize("case", list(RED_CASES))
+def test_red_graphs_match_pytorch_at_another_size(red_bundles, red_nets, case):
+    """Checked at export on 11x14; here on other sizes and a batch of two (dynamic axes)."""
+    import onnxruntime as ort
+
+    from compressml.models.red import bicubic_upscale
+
+    scale = RED_CASES[case][1]
+    net = red_nets[case]
+    scripted = torch.jit.load(str(red_bundles[case] / "upscaler.pt"))
+    session = ort.InferenceSession(str(red_bundles[case] / "upscaler.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["lr"] and [o.name for o in session.get_outputs()] == ["sr"]
+    for shape in [(2, 3, 9, 13), (1, 3, 16, 5)]:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            ref = net(x)
+            assert ref.shape == (shape[0], 3, shape[2] * scale, shape[3] * scale)
+            assert (ref - bicubic_upscale(x, scale)).abs().max() > 1e-2  # the body matters, not only the skip
+            assert torch.allclose(scripted(x), ref, atol=1e-5)
+        (sr,) = session.run(None, {"lr": x.numpy()})
+        np.testing.assert_allclose(sr, ref.numpy(), atol=1e-4)
+
+
+def test_red_tampered_or_inconsistent_bundles_are_refused(red_bundles, tmp_path):
+    root = copy_bundle(red_bundles["espcn-x3"], tmp_path / "tampered")
+    tamper_weights(root)
+    with pytest.raises(BundleError, match="weights.safetensors does not match its SHA-256"):
+        load_bundle(root)
+    for name, edit, needle in [
+        ("scale", lambda m: m.update(scale=2), "scale"),
+        ("arch", lambda m: m["net"].update(arch="srcnn"), "unknown architecture 'srcnn'"),
+        ("size", lambda m: m["net"].update(channels=16), "do not fit"),
+    ]:
+        root = copy_bundle(red_bundles["espcn-x3"], tmp_path / name)
+        _edit_manifest(edit)(root)
+        with pytest.raises(BundleError, match=needle) as exc:
+            load_bundle(root)
+        assert "\n" not in str(exc.value)

@@ -270,7 +270,9 @@ def test_a_few_steps_reduce_the_loss(quantizer, bits, distortion, lossless):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+    # lossless starts from a calibrated residual model (mean = interpolation, scale 8), so its first
+    # loss is already near the residual's entropy and has less to lose in 25 steps
+    assert losses[-1] < (0.9 if lossless else 0.8) * losses[0], losses
 
 
 def test_training_counts_codes_for_the_rans_prior():

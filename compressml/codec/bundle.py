@@ -6,9 +6,11 @@ manifest lists is checked against its SHA-256 before the weights are used. So
 a bundle from an untrusted source is safe to load; the worst it can do is fail
 with a one-line :class:`~compressml.errors.BundleError`.
 
-The weights file is CompressAI's own state dict (CDF tables included), so
-``compressai.models.<Class>.from_state_dict(safetensors.torch.load_file(path))``
-gives a model whose ``compress`` writes the same strings as compressml.
+Families: ``lae`` (the weights file is CompressAI's own state dict, CDF tables
+included, so ``compressai.models.<Class>.from_state_dict(safetensors.torch.load_file(path))``
+gives a model whose ``compress`` writes the same strings as compressml), ``mllae``
+(an :class:`~compressml.models.mllae.MLLAE`) and ``red`` (a super-resolution
+:class:`~compressml.models.red.RED`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from compressml.errors import BundleError, ConfigError
 from compressml.hashing import sha256_file
 
 FORMAT = "compressml-bundle"
+FAMILIES = ("lae", "mllae", "red")
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -71,10 +74,13 @@ def validate_manifest(manifest: Any, where: str) -> dict:
         raise bad("format_version missing")
     if version > FORMAT_VERSION:
         raise BundleError(f"{where}: bundle format {version} was made by a newer compressml (this one reads up to {FORMAT_VERSION})")
-    if manifest.get("family") not in ("lae", "mllae"):
-        raise BundleError(f"{where}: unknown model family {manifest.get('family')!r} (this compressml loads 'lae' and 'mllae')")
+    if manifest.get("family") not in FAMILIES:
+        known = ", ".join(repr(f) for f in FAMILIES)
+        raise BundleError(f"{where}: unknown model family {manifest.get('family')!r} (this compressml loads {known})")
     if manifest["family"] == "mllae":
         _validate_mllae(manifest, bad)
+    elif manifest["family"] == "red":
+        _validate_red(manifest, bad, where)
     else:
         _validate_lae(manifest, bad, where)
     if not _is_hex(manifest.get("fingerprint"), 32):
@@ -99,6 +105,25 @@ def _validate_mllae(manifest: dict, bad) -> None:
         raise bad(f"net must hold exactly {', '.join(NET_KEYS)}")
     if manifest.get("entropy") not in ENTROPY_STAGES:
         raise bad(f"entropy must be one of {', '.join(ENTROPY_STAGES)}")
+
+
+def _validate_red(manifest: dict, bad, where: str) -> None:
+    from compressml.models.red import ARCHITECTURES, SCALES
+    from compressml.systems.red import NET_KEYS
+
+    net = manifest.get("net")
+    if not isinstance(net, dict) or set(net) != set(NET_KEYS):
+        raise bad(f"net must hold exactly {', '.join(NET_KEYS)}")
+    if net["arch"] not in ARCHITECTURES:
+        raise BundleError(f"{where}: unknown architecture {net['arch']!r}; known: {', '.join(ARCHITECTURES)}")
+    if manifest.get("architecture") != net["arch"]:
+        raise bad(f"architecture {manifest.get('architecture')!r} does not match net.arch {net['arch']!r}")
+    if type(net["scale"]) is not int or net["scale"] not in SCALES or manifest.get("scale") != net["scale"]:
+        raise bad(f"scale and net.scale must be the same one of {', '.join(map(str, SCALES))}")
+    if any(net[k] is not None and type(net[k]) is not int for k in ("channels", "blocks")):
+        raise bad("net.channels and net.blocks must be integers or null")
+    if not isinstance(net["global_skip"], bool):
+        raise bad("net.global_skip must be true or false")
 
 
 def _validate_lae(manifest: dict, bad, where: str) -> None:
@@ -160,32 +185,44 @@ def _check_fingerprint(net: torch.nn.Module, root: Path, manifest: dict) -> None
         raise BundleError(f"{root}: weights fingerprint {actual[:12]} does not match the manifest's {manifest['fingerprint'][:12]}")
 
 
+def _build_net(manifest: dict) -> torch.nn.Module:
+    """The manifest's network with fresh weights (raises ConfigError or TypeError for bad hyper-parameters)."""
+    family, net = manifest["family"], manifest["net"]
+    if family == "mllae":
+        from compressml.models.mllae import MLLAE
+
+        return MLLAE(**net)
+    if family == "red":
+        from compressml.models.red import RED
+
+        return RED(**net)
+    from compressml.models.lae import build_lae
+
+    return build_lae(manifest["architecture"], net["channels"], net["latent_channels"])
+
+
 def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """(model ready to code: a CompressAI model or an MLLAE, manifest) from a bundle folder or its manifest.json.
+    """(model in eval mode: a CompressAI model or an MLLAE ready to code, or a RED ready to upscale, manifest)
+    from a bundle folder or its manifest.json.
 
     Checks the manifest, the SHA-256 of every listed file, and that the loaded
     weights have the manifest's fingerprint (so ``.cml`` files made from the
     training checkpoint decode with the bundle and vice versa).
     """
-    from compressml.models.lae import build_lae, load_coding_state
+    from compressml.models.lae import load_coding_state
 
     root, manifest = read_manifest(path)
     verify_files(root, manifest)
     state = read_weights(root)
     try:
-        if manifest["family"] == "mllae":
-            from compressml.models.mllae import MLLAE
-
-            net = MLLAE(**manifest["net"])
-        else:
-            net = build_lae(manifest["architecture"], manifest["net"]["channels"], manifest["net"]["latent_channels"])
+        net = _build_net(manifest)
     except (ConfigError, TypeError) as e:
         raise BundleError(f"{root}: {e}") from None
     try:
-        if manifest["family"] == "mllae":
-            net.load_state_dict(state, strict=True)
-        else:
+        if manifest["family"] == "lae":
             load_coding_state(net, state, strict=True)
+        else:
+            net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise BundleError(f"{root}: weights do not fit the manifest's network ({str(e).strip().splitlines()[0]})") from None
     net.eval()

@@ -4,7 +4,7 @@ Layout (big-endian)::
 
     magic        4  b"CML\\x1a"
     version      1  FORMAT_VERSION
-    family       1  FAMILY_IDS (1 = LAE, 2 = MLLAE)
+    family       1  FAMILY_IDS (1 = LAE, 2 = MLLAE, 3 = hybrid: base codec + RED)
     flags        2  reserved, 0
     fingerprint 16  first 16 bytes of the SHA-256 of the weights that made the file
     height       4  original image geometry
@@ -32,7 +32,7 @@ from compressml.errors import CompressMLError
 
 MAGIC = b"CML\x1a"
 FORMAT_VERSION = 1
-FAMILY_IDS = {"lae": 1, "mllae": 2}
+FAMILY_IDS = {"lae": 1, "mllae": 2, "hybrid": 3}
 FAMILY_NAMES = {v: k for k, v in FAMILY_IDS.items()}
 
 _HEADER = struct.Struct(">4sBBH16sIIBBHHH")

@@ -71,6 +71,25 @@ def atomic_write(path: Path, write, force: bool) -> None:
             os.unlink(tmp)
 
 
+def load_net(path: str | Path) -> tuple[torch.nn.Module, str, bytes, dict]:
+    """(network, family, fingerprint, the family's coding options) of an export bundle (its folder or
+    manifest.json; never unpickles) or a Lightning checkpoint (loaded with ``weights_only``)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model file or bundle folder")
+    if path.is_dir() or path.name == bundle.MANIFEST:
+        net, manifest = bundle.load_bundle(path)
+        family, fingerprint = manifest["family"], bytes.fromhex(manifest["fingerprint"])
+        entropy = manifest.get("entropy")
+    else:
+        from compressml.systems.loading import load_system
+
+        system = load_system(path)
+        net, family, fingerprint = system.net, system.family, lae_codec.weights_fingerprint(system.net)
+        entropy = system.hparams.get("entropy")
+    return net, family, fingerprint, ({"entropy": entropy} if family == "mllae" else {})
+
+
 @dataclass
 class CodecModel:
     """A model ready to code, with the fingerprint written into (and checked against) every file.
@@ -88,20 +107,10 @@ class CodecModel:
     @classmethod
     def load(cls, path: str | Path) -> "CodecModel":
         """From an export bundle (its folder or manifest.json; never unpickles) or a Lightning .ckpt."""
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such model file or bundle folder")
-        if path.is_dir() or path.name == bundle.MANIFEST:
-            net, manifest = bundle.load_bundle(path)
-            options = {"entropy": manifest["entropy"]} if manifest["family"] == "mllae" else {}
-            return cls(net=net, fingerprint=bytes.fromhex(manifest["fingerprint"]), source=str(path),
-                       family=manifest["family"], options=options)
-        from compressml.systems.loading import load_system
-
-        system = load_system(path)
-        options = {"entropy": system.hparams.entropy} if system.family == "mllae" else {}
-        return cls(net=system.net, fingerprint=lae_codec.weights_fingerprint(system.net), source=str(path),
-                   family=system.family, options=options)
+        net, family, fingerprint, options = load_net(path)
+        if family == "red":
+            raise CheckpointError(_red_hint(path))
+        return cls(net=net, fingerprint=fingerprint, source=str(path), family=family, options=options)
 
     def encode(self, image: SourceImage) -> cml.Container:
         with torch.no_grad():
@@ -116,6 +125,26 @@ class CodecModel:
             if self.family == "mllae":
                 return mllae_codec.decode(self.net, container, self.fingerprint)
             return lae_codec.decode(self.net, container, self.fingerprint)
+
+
+def _red_hint(path) -> str:
+    return (f"{path}: a RED (super-resolution) model: use `compressml upscale`, or give --base (a classical "
+            "codec or an LAE model) to use it as the decoder of a hybrid codec")
+
+
+def load_codec(model: str | Path, base: str | None = None, setting: int | None = None):
+    """What ``compressml compress/decompress -m MODEL [--base BASE] [-q Q]`` codes with: the model's
+    own codec, or with a RED model the hybrid codec (``base``: classical codec name or LAE model)."""
+    from compressml.codec.hybrid import HybridCodec
+    from compressml.systems.loading import model_family
+
+    if not Path(model).exists():
+        raise CheckpointError(f"{model}: no such model file or bundle folder")
+    if model_family(model) == "red":
+        return HybridCodec.load(str(model), base, setting)
+    if base is not None or setting is not None:
+        raise CompressMLError("--base and --quality are for the hybrid codec: -m must then be a RED model")
+    return CodecModel.load(model)
 
 
 def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:

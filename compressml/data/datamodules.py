@@ -64,9 +64,11 @@ def fit_crop(x: torch.Tensor, size: int | None, rng: random.Random | None = None
 class ImageDataset(Dataset):
     """Images cropped for training (random crop + horizontal flip) or validation (centre crop)."""
 
-    def __init__(self, items: Sequence[ImageItem], crop_size: int | None, train: bool, repeat: int = 1):
+    def __init__(self, items: Sequence[ImageItem], crop_size: int | None, train: bool, repeat: int = 1,
+                 pair_scale: int | None = None):
         if not items:
             raise DataError("no images to build a dataset from")
+        self.pair_scale = pair_scale
         self.items = list(items)
         self.crop_size = crop_size
         self.train = train
@@ -86,15 +88,28 @@ class ImageDataset(Dataset):
                 log.warning("skipping unreadable image: %s", e)
         raise DataError("every image of the dataset became unreadable")
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = self._load(index % len(self.items))
         if not self.train:
-            return fit_crop(x, self.crop_size)
+            return self._pair(fit_crop(x, self.crop_size))
         rng = random.Random(torch.randint(0, 2**31, ()).item())
         x = fit_crop(x, self.crop_size, rng)
         if rng.random() < 0.5:
             x = x.flip(-1)
-        return x
+        return self._pair(x)
+
+    def _pair(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The image, or with ``pair_scale`` a super-resolution pair: (antialiased bicubic low-res,
+        high-res cropped to a multiple of the scale)."""
+        if not self.pair_scale:
+            return x
+        from compressml.models.red import downscale, mod_crop
+
+        s = self.pair_scale
+        if min(x.shape[-2:]) < s:
+            raise DataError(f"a {x.shape[-1]}x{x.shape[-2]} crop is too small for x{s} super-resolution")
+        hr = mod_crop(x, s)
+        return downscale(hr[None], s)[0], hr
 
 
 class ImageDataModule(pl.LightningDataModule, abc.ABC):
@@ -128,6 +143,8 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self.val_crop_size = val_crop_size
         self.num_workers = num_workers
         self.repeat = repeat
+        # set by a super-resolution model (REDSystem.adapt_datamodule): batches become (low-res, high-res)
+        self.pair_scale: int | None = None
         self.verify = verify
         self.pin_memory = pin_memory
         self.skipped: list[tuple[str, str]] = []
@@ -194,11 +211,11 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = ImageDataset(self.train_items, self.crop_size, train=True, repeat=self.repeat)
+        ds = ImageDataset(self.train_items, self.crop_size, train=True, repeat=self.repeat, pair_scale=self.pair_scale)
         return self._loader(ds, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        ds = ImageDataset(self.val_items, self.val_crop_size, train=False)
+        ds = ImageDataset(self.val_items, self.val_crop_size, train=False, pair_scale=self.pair_scale)
         return self._loader(ds, self.val_batch_size, shuffle=False)
 
     @property

@@ -63,7 +63,11 @@ class CodecSystem(pl.LightningModule, abc.ABC):
     # -- what a family provides ---------------------------------------------------------
     @abc.abstractmethod
     def compute_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward pass and every term optimised or logged: ``loss`` and ``x_hat`` at least."""
+        """Forward pass and every term optimised or logged: ``loss`` and ``x_hat`` at least, and
+        ``target`` (what ``x_hat`` is compared with) when that is not the batch itself."""
+
+    def adapt_datamodule(self, datamodule) -> None:
+        """Ask the DataModule for what this family trains on (RED: low/high-resolution pairs)."""
 
     def _main_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -81,9 +85,10 @@ class CodecSystem(pl.LightningModule, abc.ABC):
     # -- training -------------------------------------------------------------------
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         terms = self.compute_losses(batch)
-        logged = {f"train/{k}": v.detach() for k, v in terms.items() if k not in ("x_hat", "loss")}
-        self.log_dict(logged, on_step=True, on_epoch=True, batch_size=batch.shape[0])
-        self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=batch.shape[0])
+        n = terms["x_hat"].shape[0]
+        logged = {f"train/{k}": v.detach() for k, v in terms.items() if k not in ("x_hat", "target", "loss")}
+        self.log_dict(logged, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss", terms["loss"].detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return terms["loss"] + terms.get("aux_loss", 0)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
@@ -109,15 +114,16 @@ class CodecSystem(pl.LightningModule, abc.ABC):
     # -- validation -------------------------------------------------------------------
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         terms = self.compute_losses(batch)
-        n = batch.shape[0]
+        target = terms.get("target", batch)
+        n = target.shape[0]
         x_hat = terms["x_hat"].clamp(0, 1)
-        logged = {f"val/{k}": v for k, v in terms.items() if k not in ("x_hat", "reward", "loss")}
-        logged["val/ms_ssim"] = metrics.ms_ssim(x_hat, batch)
+        logged = {f"val/{k}": v for k, v in terms.items() if k not in ("x_hat", "target", "reward", "loss")}
+        logged["val/ms_ssim"] = metrics.ms_ssim(x_hat, target)
         self.log_dict(logged, on_epoch=True, prog_bar=False, batch_size=n)
         self.log("val/loss", terms["loss"], prog_bar=True, on_epoch=True, batch_size=n)
         self.validate_coding(batch)
         if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
-            self._log_panel(batch[: self.hparams.log_images], x_hat[: self.hparams.log_images])
+            self._log_panel(target[: self.hparams.log_images], x_hat[: self.hparams.log_images])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

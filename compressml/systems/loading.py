@@ -29,11 +29,26 @@ def checkpoint_family(ckpt: dict) -> str | None:
     return (ckpt.get("compressml") or {}).get("family", hparams.get("family"))
 
 
+def model_family(path: str | Path) -> str | None:
+    """The family of a checkpoint or an export bundle (folder or manifest.json), without building it."""
+    import json
+
+    path = Path(path)
+    if path.is_dir() or path.name == "manifest.json":
+        manifest = path / "manifest.json" if path.is_dir() else path
+        try:
+            return json.loads(manifest.read_text()).get("family")
+        except (OSError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{path}: not a readable export bundle ({first_line(e)})") from None
+    return checkpoint_family(read_checkpoint(path))
+
+
 def system_class(family: str | None):
     from compressml.systems.lae import LAESystem
     from compressml.systems.mllae import MLLAESystem
+    from compressml.systems.red import REDSystem
 
-    classes = {"lae": LAESystem, "mllae": MLLAESystem}
+    classes = {"lae": LAESystem, "mllae": MLLAESystem, "red": REDSystem}
     if family not in classes:
         raise CheckpointError(f"unknown model family {family!r} (this version knows {', '.join(classes)})")
     return classes[family]
