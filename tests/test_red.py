@@ -613,3 +613,122 @@ def test_evaluate_refuses_red_mixed_with_a_codec(tmp_path, sr_images, red_checkp
     with pytest.raises(ConfigError, match="RED"):
         evaluate_from_config(cfg)
     assert not (out / "results.json").exists()
+
+
+# -- 10. the hybrid codec: a base codec at low resolution, RED when decoding ------------------------
+
+
+def _source(h: int, w: int, seed: int = 0, alpha: bool = False):
+    from compressml.codec.lae import SourceImage
+
+    a = (np.arange(h * w, dtype=np.uint8).reshape(h, w) * 7) if alpha else None
+    return SourceImage(rgb=textured(h, w, seed), channels=4 if alpha else 3, alpha=a)
+
+
+@pytest.mark.parametrize("base", ["jpeg-420", "webp"])
+def test_hybrid_round_trip_through_a_file(base, tmp_path, red_checkpoint):
+    from compressml.codec import container as cml
+    from compressml.codec.hybrid import HybridCodec, decode_base_image
+
+    codec = HybridCodec.load(str(red_checkpoint), base, 80)
+    image = _source(37, 50, alpha=True)  # odd sizes: padded to a multiple of the scale, cropped back
+    path = tmp_path / "x.cml"
+    path.write_bytes(codec.encode(image).to_bytes())
+    parsed = cml.parse(path.read_bytes())
+    assert parsed.family == "hybrid" and (parsed.height, parsed.width) == (37, 50) and (parsed.pad_h, parsed.pad_w) == (1, 0)
+    assert path.stat().st_size < 37 * 50 * 3 / 4  # far below raw 8-bit RGB
+    decoded = HybridCodec.load(str(red_checkpoint)).decode(parsed)  # decoding needs no base option
+    assert decoded.rgb.shape == (3, 37, 50) and np.array_equal(decoded.alpha, image.alpha)
+    # what decoding must be: the base layer decoded, then the RED, then the padding cropped
+    lr = decode_base_image(base, parsed.section(0x13), (19, 25))
+    expected = upscale_tensor(codec.net, torch.from_numpy(lr.copy()).permute(2, 0, 1)[None].float() / 255)[0, :, :37, :50]
+    assert torch.allclose(decoded.rgb, expected, atol=1e-6)
+    assert metrics.psnr(decoded.rgb[None], image.rgb[None]) > 20
+
+
+def test_hybrid_quality_trades_size_for_fidelity(red_checkpoint):
+    from compressml.codec.hybrid import HybridCodec
+
+    image = _source(48, 64, seed=3)
+    sizes, psnrs = [], []
+    for q in (10, 90):
+        codec = HybridCodec.load(str(red_checkpoint), "jpeg-420", q)
+        container = codec.encode(image)
+        sizes.append(len(container.to_bytes()))
+        psnrs.append(float(metrics.psnr(codec.decode(container).rgb[None], image.rgb[None])))
+    assert sizes[0] < sizes[1] and psnrs[0] < psnrs[1]
+
+
+def test_hybrid_with_an_lae_base(tmp_path, red_checkpoint, tiny_checkpoint):
+    from compressml.codec import container as cml
+    from compressml.codec.hybrid import HybridCodec
+    from compressml.errors import CheckpointError
+
+    codec = HybridCodec.load(str(red_checkpoint), str(tiny_checkpoint))
+    assert codec.base == "lae" and codec.name == "hybrid-lae+red-x2"
+    image = _source(40, 36)
+    data = codec.encode(image).to_bytes()
+    inner = cml.parse(cml.parse(data).section(0x13))
+    assert inner.family == "lae" and (inner.height, inner.width) == (20, 18)  # the LAE codes the half-size image
+    decoded = codec.decode(cml.parse(data))
+    assert decoded.rgb.shape == (3, 40, 36)
+    with pytest.raises(CheckpointError, match="LAE"):
+        HybridCodec.load(str(red_checkpoint)).decode(cml.parse(data))
+
+
+def test_hybrid_refuses_other_weights_bad_meta_and_bad_options(tmp_path, red_checkpoint):
+    from compressml.codec import container as cml
+    from compressml.codec.hybrid import META, HybridCodec
+    from compressml.codec.container import ContainerError
+
+    codec = HybridCodec.load(str(red_checkpoint), "webp", 50)
+    container = codec.encode(_source(20, 20))
+    other = REDSystem(arch="espcn", scale=2, channels=8)
+    other_path = save_checkpoint(other, tmp_path / "other.ckpt")
+    with pytest.raises(ContainerError, match="other weights"):
+        HybridCodec.load(str(other_path)).decode(cml.parse(container.to_bytes()))
+    container.sections = [(k, b"\x02\x03abc\x00\x00" if k == META else p) for k, p in container.sections]
+    with pytest.raises(ContainerError, match="META"):
+        codec.decode(cml.parse(container.to_bytes()))
+    with pytest.raises(ConfigError, match="unknown hybrid base"):
+        HybridCodec.load(str(red_checkpoint), "gif")
+    with pytest.raises(ConfigError, match="0..100"):
+        HybridCodec.load(str(red_checkpoint), "jpeg-420", 101)
+
+
+def test_cli_compress_and_decompress_hybrid(tmp_path, red_checkpoint, tiny_checkpoint, capsys):
+    from compressml.cli import main
+
+    src = tmp_path / "in.png"
+    Image.fromarray(smooth_image(30, 44, seed=2)).save(src)
+    cml_path, out = tmp_path / "in.cml", tmp_path / "out.png"
+    assert main(["compress", str(src), "-m", str(red_checkpoint), "--base", "jpeg-420", "-q", "60", "-o", str(cml_path)]) == 0
+    assert main(["decompress", str(cml_path), "-m", str(red_checkpoint), "-o", str(out)]) == 0
+    with Image.open(out) as img:
+        assert img.size == (44, 30)
+    capsys.readouterr()
+    # a RED alone is not a codec, and --base needs a RED
+    assert main(["compress", str(src), "-m", str(red_checkpoint), "-o", str(tmp_path / "a.cml")]) != 0
+    assert "--base" in _one_line_error(capsys)
+    assert main(["compress", str(src), "-m", str(tiny_checkpoint), "--base", "webp", "-o", str(tmp_path / "b.cml")]) != 0
+    assert "RED" in _one_line_error(capsys)
+    assert not (tmp_path / "a.cml").exists() and not (tmp_path / "b.cml").exists()
+    # a codec model cannot decode a hybrid file
+    assert main(["decompress", str(cml_path), "-m", str(tiny_checkpoint), "-o", str(tmp_path / "c.png")]) != 0
+    assert "hybrid" in _one_line_error(capsys)
+
+
+def test_evaluate_draws_the_hybrid_curve(tmp_path, sr_images, red_checkpoint):
+    from compressml.evaluation import evaluate_from_config
+
+    out = tmp_path / "out"
+    cfg = compose_train([f"images={sr_images}", "codecs=[webp]", "matched=[]", "compare=[webp]",
+                         f"hybrid=[{{red: {red_checkpoint}, base: webp, settings: [20, 80]}}]"], out, config_name="evaluate")
+    result = evaluate_from_config(cfg)
+    assert result["learned"] == ["hybrid-webp+red-x2"]
+    points = [r for r in result["averages"] if r["codec"] == "hybrid-webp+red-x2"]
+    assert sorted(r["setting"] for r in points) == ["20", "80"] and all(r["images"] == 2 for r in points)
+    assert points[0]["bpp"] != points[1]["bpp"]
+    assert "webp" in result["bd_rate"]["hybrid-webp+red-x2"]
+    assert len(list((out / "files" / "hybrid-webp+red-x2" / "80").glob("*.cml"))) == 2
+    assert (out / "rd.png").is_file() and (out / "curves" / "hybrid-webp+red-x2.json").is_file()
