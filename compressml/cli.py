@@ -55,8 +55,6 @@ def _upscale(args: argparse.Namespace) -> int:
     from compressml.data.images import IMAGE_SUFFIXES
     from compressml.upscale import Upscaler, upscale_file
 
-    if args.tile is not None and args.tile < 16:
-        raise CompressMLError(f"--tile must be >= 16 low-resolution pixels, got {args.tile}")
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".png")
     if any(dst.suffix.lower() != ".png" for _, dst in jobs):
         raise CompressMLError(f"{jobs[0][1]}: upscale writes PNG files; name the output .png (or give a folder)")

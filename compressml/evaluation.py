@@ -457,14 +457,20 @@ def hybrid_codecs(specs) -> list[tuple[str, str, object]]:
         base = spec["base"]
         if isinstance(base, str) and base in BASE_FORMATS:
             curve = spec.get("label") or f"hybrid-{base}+red-x{red.scale}"
-            for q in spec.get("settings") or (25, 50, 75, 90):
-                points.append((curve, str(q), HybridCodec(red, base, int(q))))
+            settings = spec.get("settings") or (25, 50, 75, 90)
+            if not isinstance(settings, (list, tuple)) or not all(isinstance(q, int) for q in settings):
+                raise ConfigError(f"hybrid entry: settings must be a list of qualities, e.g. [50, 75], got {settings!r}")
+            points += [(curve, str(q), HybridCodec(red, base, q)) for q in settings]
             continue
         if spec.get("settings"):
             raise ConfigError("hybrid entry: settings are for a classical base; an LAE base gives one point per model")
         curve = spec.get("label") or f"hybrid-lae+red-x{red.scale}"
         for m in learned_models(base, None):
             points.append((curve, m.setting, HybridCodec(red, "lae", lae=CodecModel.load(m.path))))
+    curves = [c for c in dict.fromkeys(p[0] for p in points)]
+    entries = [s.get("label") for s in ([specs] if isinstance(specs, dict) else specs)]
+    if len(curves) < len(entries):
+        raise ConfigError("two hybrid entries would draw the same curve (same base and scale): give each a label")
     return points
 
 
@@ -504,9 +510,9 @@ def evaluate_from_config(cfg) -> dict:
     hybrids = hybrid_codecs(plain(cfg.get("hybrid")) or [])
     families = {model_family(m.path) for m in models}
     if "red" in families:
-        if families != {"red"}:
+        if families != {"red"} or hybrids:
             raise ConfigError("RED (super-resolution) checkpoints are evaluated on their own, against bicubic; "
-                              "give only RED checkpoints (for RED as a codec's decoder use hybrid=)")
+                              "give only RED checkpoints (for RED as a codec's decoder use hybrid= without them)")
         return evaluate_sr_from_config(cfg, models)
     codecs = available_codecs(list(cfg.codecs or []))
     if not models and not codecs and not hybrids:

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 
 from compressml.codec.tiling import TiledTransform
-from compressml.errors import CheckpointError
+from compressml.errors import CheckpointError, ConfigError
 
 DEFAULT_TILE = 256  # low-resolution pixels per tile side
+MIN_TILE = 16
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Upscaler:
 def upscale_tensor(net: torch.nn.Module, lr: torch.Tensor, tile: int | None = DEFAULT_TILE) -> torch.Tensor:
     """(N, 3, h, w) in [0, 1] -> (N, 3, h*s, w*s), clamped to [0, 1]; in tiles of ``tile`` low-res
     pixels (with a margin of the receptive field) when the image is larger, untiled if ``tile`` is None."""
+    if tile is not None and tile < MIN_TILE:
+        raise ConfigError(f"tile must be >= {MIN_TILE} low-resolution pixels (or null: untiled), got {tile}")
     device = next(net.parameters()).device
     lr = lr.to(device)
     run = net

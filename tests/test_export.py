@@ -458,6 +458,7 @@ def test_red_tampered_or_inconsistent_bundles_are_refused(red_bundles, tmp_path)
         ("scale", lambda m: m.update(scale=2), "scale"),
         ("arch", lambda m: m["net"].update(arch="srcnn"), "unknown architecture 'srcnn'"),
         ("size", lambda m: m["net"].update(channels=16), "do not fit"),
+        ("huge", lambda m: m["net"].update(channels=10**6), "out of range"),  # never allocated
     ]:
         root = copy_bundle(red_bundles["espcn-x3"], tmp_path / name)
         _edit_manifest(edit)(root)

@@ -458,7 +458,8 @@ def test_cli_upscale_file_and_overwrite(tmp_path, red_checkpoint, capsys):
         assert img.size == (18, 18)
     capsys.readouterr()
     code = main(["upscale", str(other), "-m", str(red_checkpoint), "-o", str(tmp_path / "t.png"), "--tile", "8"])
-    assert code != 0 and "--tile" in _one_line_error(capsys)
+    assert code != 0 and "tile must be >= 16" in _one_line_error(capsys)
+    assert not (tmp_path / "t.png").exists()
     assert not (tmp_path / "t.png").exists()
     # a tile of 16 (smaller than the image) gives the untiled result
     big = tmp_path / "big.png"
@@ -732,3 +733,35 @@ def test_evaluate_draws_the_hybrid_curve(tmp_path, sr_images, red_checkpoint):
     assert "webp" in result["bd_rate"]["hybrid-webp+red-x2"]
     assert len(list((out / "files" / "hybrid-webp+red-x2" / "80").glob("*.cml"))) == 2
     assert (out / "rd.png").is_file() and (out / "curves" / "hybrid-webp+red-x2.json").is_file()
+
+
+@pytest.mark.parametrize("base", ["webp", "avif"])
+def test_hybrid_damaged_base_layer_is_a_one_line_error(base, red_checkpoint):
+    from compressml.baselines import CODECS, is_supported
+    from compressml.codec import container as cml
+    from compressml.codec.container import ContainerError
+    from compressml.codec.hybrid import BASE, HybridCodec
+
+    if not is_supported(CODECS[base]):
+        pytest.skip(f"this Pillow has no {base}")
+    codec = HybridCodec.load(str(red_checkpoint), base, 60)
+    container = codec.encode(_source(24, 24))
+    for damage in (lambda p: p[:-20], lambda p: p[: len(p) // 2], lambda p: b"\x00" * len(p)):
+        broken = cml.Container(**{**container.__dict__, "sections": [(k, damage(p) if k == BASE else p) for k, p in container.sections]})
+        with pytest.raises(ContainerError) as err:
+            codec.decode(cml.parse(broken.to_bytes()))
+        assert "\n" not in str(err.value)
+
+
+def test_hybrid_entries_need_distinct_curves_and_valid_settings(tmp_path, sr_images, red_checkpoint):
+    from compressml.evaluation import evaluate_from_config
+
+    twice = f"hybrid=[{{red: {red_checkpoint}, base: webp}}, {{red: {red_checkpoint}, base: webp}}]"
+    scalar = f"hybrid=[{{red: {red_checkpoint}, base: webp, settings: 50}}]"
+    for override, message in ((twice, "same curve"), (scalar, "list of qualities")):
+        cfg = compose_train([f"images={sr_images}", "codecs=[]", override], tmp_path / "o", config_name="evaluate")
+        with pytest.raises(ConfigError, match=message):
+            evaluate_from_config(cfg)
+    cfg = compose_train([f"checkpoint={red_checkpoint}", f"images={sr_images}", "tile=0"], tmp_path / "p", config_name="evaluate")
+    with pytest.raises(ConfigError, match="tile"):
+        evaluate_from_config(cfg)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from compressai.models.base import CompressionModel
 
-from compressml.errors import BundleError, ConfigError
+from compressml.errors import BundleError, ConfigError, first_line
 from compressml.hashing import sha256_file
 
 FORMAT = "compressml-bundle"
@@ -122,6 +122,8 @@ def _validate_red(manifest: dict, bad, where: str) -> None:
         raise bad(f"scale and net.scale must be the same one of {', '.join(map(str, SCALES))}")
     if any(net[k] is not None and type(net[k]) is not int for k in ("channels", "blocks")):
         raise bad("net.channels and net.blocks must be integers or null")
+    if (net["channels"] or 0) > 1024 or (net["blocks"] or 0) > 256:
+        raise bad("net.channels (<= 1024) or net.blocks (<= 256) is out of range")
     if not isinstance(net["global_skip"], bool):
         raise bad("net.global_skip must be true or false")
 
@@ -216,8 +218,8 @@ def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict]:
     state = read_weights(root)
     try:
         net = _build_net(manifest)
-    except (ConfigError, TypeError) as e:
-        raise BundleError(f"{root}: {e}") from None
+    except (ConfigError, TypeError, RuntimeError, MemoryError) as e:
+        raise BundleError(f"{root}: {first_line(e)}") from None
     try:
         if manifest["family"] == "lae":
             load_coding_state(net, state, strict=True)

@@ -28,7 +28,7 @@ from compressml.baselines import CODECS, ClassicalCodec, available_codecs
 from compressml.codec import container as cml
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.lae import SourceImage, alpha_section, check_fingerprint, decode_alpha
-from compressml.errors import CheckpointError, ConfigError
+from compressml.errors import CheckpointError, ConfigError, first_line
 
 META, BASE = 0x01, 0x13
 FAMILY = "hybrid"
@@ -89,8 +89,10 @@ class HybridCodec:
         upscaler = Upscaler.load(red)
         if base is None or base in BASE_FORMATS:
             return cls(upscaler, base, setting, tile=tile)
-        if base not in BASE_FORMATS and not any(c in str(base) for c in "/.\\"):
+        if not Path(base).exists():
             raise ConfigError(f"unknown hybrid base {base!r}: a classical codec ({', '.join(BASE_FORMATS)}) or an LAE model path")
+        if setting is not None:
+            raise ConfigError("a quality is for a classical base codec; an LAE base codes at its own rate")
         return cls(upscaler, LAE_BASE, lae=CodecModel.load(base), tile=tile)
 
     @property
@@ -138,10 +140,10 @@ class HybridCodec:
         if base == LAE_BASE:
             if self.lae is None:
                 raise CheckpointError("this file's base layer is an LAE code: give that LAE model too (--base MODEL)")
-            inner = self.lae.decode(cml.parse(payload))
-            if (inner.rgb.shape[-2], inner.rgb.shape[-1]) != (lr_h, lr_w):
+            inner = cml.parse(payload)
+            if (inner.height, inner.width) != (lr_h, lr_w):  # checked before decoding anything
                 raise ContainerError("base layer size does not match the image size")
-            lr = inner.rgb.clamp(0, 1)
+            lr = self.lae.decode(inner).rgb.clamp(0, 1)
         else:
             lr = torch.from_numpy(decode_base_image(base, payload, (lr_h, lr_w)).copy()).permute(2, 0, 1).float() / 255
         from compressml.upscale import upscale_tensor
@@ -168,12 +170,14 @@ def decode_base_image(base: str, payload: bytes, size: tuple[int, int]) -> np.nd
     """A classical base layer back to uint8 (h, w, 3), checked to be the declared format and size."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(payload), formats=[BASE_FORMATS[base]]) as img:
             if (img.height, img.width) != size:
                 raise ContainerError("base layer size does not match the image size")
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ContainerError(f"corrupt {base} base layer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    except ContainerError:
+        raise
+    except Exception as e:  # Pillow's plugins raise OSError, ValueError, SyntaxError, RuntimeError...
+        raise ContainerError(f"corrupt {base} base layer ({first_line(e)})") from None

@@ -116,14 +116,12 @@ PHASES = (
 
 def phase_masks(shape: tuple[int, int], device=None) -> list[torch.Tensor]:
     """Per phase, a (1, 1, H, W) bool mask of the pixels it codes (they partition the image)."""
-    h, w = shape
-    yy, xx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     masks = []
     for lattices in PHASES:
-        m = torch.zeros(h, w, dtype=torch.bool, device=device)
+        m = torch.zeros(1, 1, *shape, dtype=torch.bool, device=device)
         for period, row, col in lattices:
-            m |= (yy % period == row) & (xx % period == col)
-        masks.append(m[None, None])
+            m[..., row::period, col::period] = True
+        masks.append(m)
     return masks
 
 
@@ -142,7 +140,8 @@ def interpolate_known(values: torch.Tensor, mask: torch.Tensor, fallback: torch.
     k = _neighbour_kernel().to(values)
     total = F.conv2d((values * mask).reshape(n * c, 1, h, w), k, padding=k.shape[-1] // 2).reshape(n, c, h, w)
     weight = F.conv2d(mask, k, padding=k.shape[-1] // 2)
-    return torch.where(weight > 0, total / weight.clamp_min(1e-6), fallback)
+    # the smallest real weight is 1/8: the threshold ignores float dust (e.g. from FFT convolutions)
+    return torch.where(weight > 1e-3, total / weight.clamp_min(1e-3), fallback)
 
 
 def context_input(x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
