@@ -20,7 +20,7 @@ import torch
 
 from compressml import metrics
 from compressml.errors import ConfigError
-from compressml.models.red import bicubic_upscale, downscale, mod_crop
+from compressml.models.red import bicubic_upscale, make_pair
 
 BICUBIC = "bicubic"
 
@@ -85,10 +85,10 @@ def evaluate_sr(models: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tenso
     for name, image in images:
         if progress:
             progress(name)
-        hr = mod_crop(image[None].float(), scale)
-        if min(hr.shape[-2:]) < 2 * scale + 1:
-            raise ConfigError(f"{name}: {tuple(image.shape[-2:])} pixels is too small for x{scale} evaluation")
-        lr = downscale(hr, scale)
+        try:
+            lr, hr = make_pair(image[None].float(), scale, min_lr=3)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from None
         outputs = [to_8bit(bicubic_upscale(lr, scale))]
         for label, upscale in models:
             t0 = time.perf_counter()

@@ -103,13 +103,13 @@ class ImageDataset(Dataset):
         high-res cropped to a multiple of the scale)."""
         if not self.pair_scale:
             return x
-        from compressml.models.red import downscale, mod_crop
+        from compressml.models.red import make_pair
 
-        s = self.pair_scale
-        if min(x.shape[-2:]) < s:
-            raise DataError(f"a {x.shape[-1]}x{x.shape[-2]} crop is too small for x{s} super-resolution")
-        hr = mod_crop(x, s)
-        return downscale(hr[None], s)[0], hr
+        try:
+            lr, hr = make_pair(x[None], self.pair_scale)
+        except ValueError as e:
+            raise DataError(f"a training crop: {e}") from None
+        return lr[0], hr[0]
 
 
 class ImageDataModule(pl.LightningDataModule, abc.ABC):

@@ -55,6 +55,15 @@ def downscale(hr: torch.Tensor, scale: int, quantize: bool = True) -> torch.Tens
     return (lr * 255).round() / 255 if quantize else lr
 
 
+def make_pair(hr: torch.Tensor, scale: int, min_lr: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) -> (low-res, high-res cropped to a multiple of ``scale``): a training or evaluation
+    pair. Raises ValueError when the low-resolution image would be smaller than ``min_lr`` pixels a side."""
+    if min(hr.shape[-2:]) < scale * min_lr:
+        raise ValueError(f"{hr.shape[-1]}x{hr.shape[-2]} pixels is too small for x{scale} super-resolution")
+    hr = mod_crop(hr, scale)
+    return downscale(hr, scale), hr
+
+
 def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
     """The baseline: (N, 3, h, w) -> bicubic (N, 3, h*s, w*s) with the same kernel as :func:`downscale`."""
     # scale_factor (not size): the sampling positions then depend on the scale alone, so tiles agree

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
-from compressml.models.red import RED, bicubic_upscale, downscale, mod_crop
+from compressml.models.red import RED, bicubic_upscale, make_pair
 from compressml.systems.base import CodecSystem, plain
 
 FAMILY = "red"
@@ -82,10 +82,10 @@ class REDSystem(CodecSystem):
         """(low-res, high-res) from a batch of pairs, or from plain images (made here)."""
         if isinstance(batch, (tuple, list)):
             return batch[0], batch[1]
-        hr = mod_crop(batch, self.scale)
-        if min(hr.shape[-2:]) < self.scale:
-            raise ConfigError(f"images of {tuple(batch.shape[-2:])} pixels are too small for x{self.scale}")
-        return downscale(hr, self.scale), hr
+        try:
+            return make_pair(batch, self.scale)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def compute_losses(self, batch) -> dict[str, torch.Tensor]:
         lr, hr = self.pairs(batch)
