@@ -92,8 +92,14 @@ class LAESystem(CodecSystem):
         return [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
 
     def distortion(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The measure g names (``compressml.g.DISTORTIONS``)."""
         kind = getattr(self.g, "distortion", "mse")
-        return metrics.ms_ssim(x_hat, x) if kind == "ms-ssim" else torch.mean((x_hat - x) ** 2)
+        if kind == "ms-ssim":
+            return metrics.ms_ssim(x_hat, x)
+        if kind == "mse":
+            return torch.mean((x_hat - x) ** 2)
+        l1 = torch.mean(torch.abs(x_hat - x))
+        return l1 if kind == "l1" else 0.84 * (1 - metrics.ssim(x_hat, x)) + 0.16 * l1
 
     def compute_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward pass and every term that is optimised or logged."""
@@ -102,8 +108,10 @@ class LAESystem(CodecSystem):
         n, _, h, w = x.shape
         bpp = metrics.bpp_from_likelihoods(out["likelihoods"], n * h * w)
         distortion = self.distortion(x_hat, x)
-        reward = evaluate_g(self.g, distortion, bpp, x=x, x_hat=x_hat, step=self.global_step)
+        reward = evaluate_g(self.g, distortion, bpp, x=x, x_hat=x_hat, step=self.global_step, training=self.training)
+        own = {f"g_{k}": torch.as_tensor(v, dtype=torch.float32).detach() for k, v in (getattr(self.g, "logged", None) or {}).items()}
         return {
+            **own,
             "loss": -reward,
             "reward": reward,
             "distortion": distortion,
@@ -138,6 +146,13 @@ class LAESystem(CodecSystem):
             del state[key]
         state.update({f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()})
         super().on_save_checkpoint(checkpoint)
+        if hasattr(self.g, "state_dict"):  # e.g. an adapted Lagrange multiplier: resumes where it was
+            checkpoint["compressml"]["g_state"] = self.g.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        g_state = (checkpoint.get("compressml") or {}).get("g_state")
+        if g_state is not None and hasattr(self.g, "load_state_dict"):
+            self.g.load_state_dict(g_state)
 
     def checkpoint_info(self) -> dict:
         return {"arch": self.hparams.net.get("arch")}

@@ -64,6 +64,7 @@ def load_system(path: str | Path, family: str | None = None, map_location: str |
     try:
         system = cls(**(ckpt.get("hyper_parameters") or {}))
         system.load_state_dict(ckpt["state_dict"])
+        system.on_load_checkpoint(ckpt)  # family state kept outside the weights (e.g. g's multiplier)
     except CompressMLError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except Exception as e:  # wrong keys or shapes: one line for the user
