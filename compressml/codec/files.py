@@ -136,15 +136,14 @@ def load_codec(model: str | Path, base: str | None = None, setting: int | None =
     """What ``compressml compress/decompress -m MODEL [--base BASE] [-q Q]`` codes with: the model's
     own codec, or with a RED model the hybrid codec (``base``: classical codec name or LAE model)."""
     from compressml.codec.hybrid import HybridCodec
-    from compressml.systems.loading import model_family
+    from compressml.upscale import Upscaler
 
-    if not Path(model).exists():
-        raise CheckpointError(f"{model}: no such model file or bundle folder")
-    if model_family(model) == "red":
-        return HybridCodec.load(str(model), base, setting)
+    net, family, fingerprint, options = load_net(model)  # loaded once, whatever the family
+    if family == "red":
+        return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, setting)
     if base is not None or setting is not None:
         raise CompressMLError("--base and --quality are for the hybrid codec: -m must then be a RED model")
-    return CodecModel.load(model)
+    return CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=family, options=options)
 
 
 def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:

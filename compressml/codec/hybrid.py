@@ -83,10 +83,15 @@ class HybridCodec:
     def load(cls, red: str, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> "HybridCodec":
         """From model paths: ``red`` a RED checkpoint or bundle; ``base`` a classical codec name, an LAE
         checkpoint or bundle, or None (decoding files whose base layer is classical)."""
-        from compressml.codec.files import CodecModel
         from compressml.upscale import Upscaler
 
-        upscaler = Upscaler.load(red)
+        return cls.around(Upscaler.load(red), base, setting, tile)
+
+    @classmethod
+    def around(cls, upscaler, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> "HybridCodec":
+        """Around a loaded RED (:class:`~compressml.upscale.Upscaler`); ``base`` as for :meth:`load`."""
+        from compressml.codec.files import CodecModel
+
         if base is None or base in BASE_FORMATS:
             return cls(upscaler, base, setting, tile=tile)
         if not Path(base).exists():

@@ -33,9 +33,11 @@ def model_family(path: str | Path) -> str | None:
     """The family of a checkpoint or an export bundle (folder or manifest.json), without building it."""
     import json
 
+    from compressml.codec.bundle import MANIFEST
+
     path = Path(path)
-    if path.is_dir() or path.name == "manifest.json":
-        manifest = path / "manifest.json" if path.is_dir() else path
+    if path.is_dir() or path.name == MANIFEST:
+        manifest = path / MANIFEST if path.is_dir() else path
         try:
             return json.loads(manifest.read_text()).get("family")
         except (OSError, ValueError, AttributeError) as e:
