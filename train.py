@@ -11,7 +11,7 @@ def main(cfg: DictConfig) -> float | None:
     from compressml.training import train
 
     summary = exit_on_user_error(train, cfg)
-    return summary["best"].get("val/loss")
+    return summary["objective"]  # optimized_metric: what hparams_search sweepers optimise
 
 
 if __name__ == "__main__":

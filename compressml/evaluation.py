@@ -291,6 +291,13 @@ def plot_rd(curves: dict[str, dict], learned: Sequence[str], path: Path, title: 
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG written atomically (then closed)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -507,6 +514,10 @@ def evaluate_from_config(cfg) -> dict:
     if cfg.get("max_images") is not None and int(cfg.max_images) < 1:
         raise ConfigError(f"max_images must be >= 1, got {cfg.max_images}")
     models = learned_models(plain(cfg.checkpoint), cfg.get("label"))
+    if cfg.get("sweep"):
+        from compressml.sweeps import sweep_models
+
+        models += sweep_models(plain(cfg.sweep), cfg.get("label"))
     hybrids = hybrid_codecs(plain(cfg.get("hybrid")) or [])
     families = {model_family(m.path) for m in models}
     if "red" in families:
@@ -516,7 +527,7 @@ def evaluate_from_config(cfg) -> dict:
         return evaluate_sr_from_config(cfg, models)
     codecs = available_codecs(list(cfg.codecs or []))
     if not models and not codecs and not hybrids:
-        raise ConfigError("nothing to evaluate: give checkpoint=PATH, hybrid=[...] and/or codecs=[...]")
+        raise ConfigError("nothing to evaluate: give checkpoint=PATH, sweep=DIR, hybrid=[...] and/or codecs=[...]")
     settings = {k: list(v) for k, v in (plain(cfg.get("settings")) or {}).items() if v is not None}
     unknown = [k for k in settings if k not in {c.name for c in codecs}]
     if unknown:

@@ -87,7 +87,10 @@ class Perceptual(RateDistortion):
 
 class _Multiplier:
     """A Lagrange multiplier adapted by dual ascent on a relative constraint violation ``c`` (c > 0:
-    violated): mu <- max(0, mu + step_size * c), once per training call. It is part of the g's state."""
+    violated): mu <- max(0, mu + step_size * c), once per training call. It is part of the g's state.
+
+    Under DDP (torch.distributed initialised) c is the mean of the ranks' violations, so every rank
+    adapts mu identically and keeps the same multiplier (the one rank 0 saves in checkpoints)."""
 
     def __init__(self, multiplier: float, step_size: float):
         if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or multiplier < 0:
@@ -97,7 +100,10 @@ class _Multiplier:
 
     def _adapt(self, violation: torch.Tensor, context: dict) -> None:
         if context.get("training"):
-            self.multiplier = max(0.0, self.multiplier + self.step_size * float(violation.detach()))
+            from compressml.distributed import mean_over_ranks  # a collective under DDP: every rank trains
+
+            violation = mean_over_ranks(torch.as_tensor(violation, dtype=torch.float32).detach())
+            self.multiplier = max(0.0, self.multiplier + self.step_size * float(violation))
 
     def state_dict(self) -> dict:
         return {"multiplier": self.multiplier}

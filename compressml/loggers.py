@@ -22,6 +22,10 @@ def wandb_logger(
     if offline is None:
         offline = not os.environ.get("WANDB_API_KEY")
     os.makedirs(save_dir, exist_ok=True)
+    sweep = hydra_sweep()
+    if sweep is not None:  # the jobs of a multirun are one W&B group, each run named by its job number
+        group = group or sweep["group"]
+        name = f"{name or 'job'}-{sweep['job']}"
     return WandbLogger(
         save_dir=save_dir,
         offline=offline,
@@ -32,6 +36,23 @@ def wandb_logger(
         log_model=log_model,
         **kwargs,
     )
+
+
+def sweep_group(sweep_dir: str | os.PathLike, task_name: str) -> str:
+    """The W&B group of a multirun's runs (and of the report it ends with): task and sweep folder."""
+    return f"{task_name}-{os.path.basename(os.path.normpath(str(sweep_dir)))}"
+
+
+def hydra_sweep() -> dict | None:
+    """In a Hydra multirun job: its sweep's ``dir`` and W&B ``group`` and this ``job``'s number; else None."""
+    from compressml.distributed import multirun_job_config
+
+    hc = multirun_job_config()
+    if hc is None:
+        return None
+    # the job's own folder is inside the sweep's: its parent names the sweep whatever the launcher
+    sweep_dir = os.path.dirname(os.path.normpath(hc.runtime.output_dir))
+    return {"dir": sweep_dir, "group": sweep_group(sweep_dir, hc.job.name), "job": hc.job.num}
 
 
 def wandb_run_dir(logger) -> str | None:
@@ -47,26 +68,25 @@ _WANDB_BLOCK = 32 * 1024
 _WANDB_HEADER = 7  # b":W&B", magic 0xBEE1, version byte
 
 
-def read_wandb_offline_history(run_dir: str) -> list[dict[str, float | str]]:
-    """The history rows (logged metrics) of an offline W&B run, read from its ``.wandb`` file.
+def _offline_records(run_dir: str):
+    """The protobuf ``Record``s of an offline W&B run, read from its ``.wandb`` file.
 
-    Recent wandb versions keep an offline run's metrics only in that append-only
-    log (LevelDB log framing: 32 KiB blocks of records, each a 7-byte header then
-    a chunk of a protobuf ``Record``), so this is how a test or a script can check
-    what a run logged without syncing it.
+    Recent wandb versions keep an offline run's metrics and config only in that append-only
+    log (LevelDB log framing: 32 KiB blocks of records, each a 7-byte header then a chunk of
+    a protobuf ``Record``), so this is how a test or a script can check what a run logged
+    without syncing it.
     """
     import glob
-    import json
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
 
     files = glob.glob(os.path.join(run_dir, "*.wandb"))
     if not files:
-        return []
+        return
     with open(files[0], "rb") as f:
         data = f.read()
-    rows, pending, pos = [], b"", _WANDB_HEADER
+    pending, pos = b"", _WANDB_HEADER
     while pos + 7 <= len(data):
         left_in_block = _WANDB_BLOCK - pos % _WANDB_BLOCK
         if left_in_block < 7:  # block trailer padding
@@ -83,13 +103,34 @@ def read_wandb_offline_history(run_dir: str) -> list[dict[str, float | str]]:
         record = pb.Record()
         record.ParseFromString(pending)
         pending = b""
-        if record.WhichOneof("record_type") == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                try:
-                    row[key] = json.loads(item.value_json)
-                except ValueError:
-                    row[key] = item.value_json
-            rows.append(row)
-    return rows
+        yield record
+
+
+def _items(items) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key = item.key or "/".join(item.nested_key)
+        try:
+            out[key] = json.loads(item.value_json)
+        except ValueError:
+            out[key] = item.value_json
+    return out
+
+
+def read_wandb_offline_history(run_dir: str) -> list[dict[str, float | str]]:
+    """The history rows (logged metrics) of an offline W&B run."""
+    return [_items(r.history.item) for r in _offline_records(run_dir) if r.WhichOneof("record_type") == "history"]
+
+
+def read_wandb_offline_config(run_dir: str) -> dict:
+    """The config of an offline W&B run (every config update merged), e.g. the full Hydra config."""
+    config: dict = {}
+    for r in _offline_records(run_dir):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            config.update(_items(r.run.config.update))
+        elif kind == "config":
+            config.update(_items(r.config.update))
+    return config

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from compressml.errors import CompressMLError, ConfigError
 from compressml.loggers import wandb_run_dir
@@ -59,14 +59,15 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         example = " ".join(f"{k}=..." for k in missing)
         raise ConfigError(f"missing required config value(s): {', '.join(missing)} (set them, e.g. {example})")
-    if cfg.get("ckpt_path"):
-        from compressml.errors import CheckpointError
-        from compressml.systems.loading import read_checkpoint
+    for key in ("ckpt_path", "init_from"):
+        if cfg.get(key):
+            from compressml.errors import CheckpointError
+            from compressml.systems.loading import read_checkpoint
 
-        try:
-            read_checkpoint(cfg.ckpt_path)
-        except CheckpointError as e:
-            raise ConfigError(f"ckpt_path: {e}") from None
+            try:
+                read_checkpoint(cfg[key])
+            except CheckpointError as e:
+                raise ConfigError(f"{key}: {e}") from None
 
 
 def _build_all(section: Any, what: str) -> list:
@@ -83,6 +84,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.time()
     model = instantiate(cfg.model, "model", g=plain(cfg.g))
+    if cfg.get("init_from"):
+        from compressml.systems.loading import init_weights
+
+        init_weights(model, cfg.init_from)
     datamodule = instantiate(cfg.data, "data")
     model.adapt_datamodule(datamodule)
     callbacks = _build_all(cfg.get("callbacks"), "callbacks")
@@ -91,18 +96,65 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = {**OmegaConf.to_container(cfg, resolve=True), "overrides": job_overrides()}  # the full config
     for lg in loggers:
-        lg.log_hyperparams({"config": config} if not isinstance(config, Mapping) else config)
+        lg.log_hyperparams(config)
 
-    trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    from compressml.distributed import launch_context
+
+    with launch_context(trainer):  # DDP: the processes Lightning starts run this job (multiruns too)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
     summary = make_summary(trainer, model, datamodule, loggers, time.time() - started)
+    summary["objective"] = objective(plain(cfg.get("optimized_metric")), summary)
+    if trainer.is_global_zero:
+        write_summary(Path(cfg.paths.output_dir) / SUMMARY_FILE, summary, cfg)
     finish_loggers(loggers, summary)
     print_summary(summary)
     return summary
 
 
+SUMMARY_FILE = "summary.json"  # in each run's directory: what sweeps gather (compressml.sweeps)
+
+
+def objective(metric, summary: dict[str, Any]) -> float | list[float] | None:
+    """The value train.py returns (``optimized_metric`` at the best validation; a list of metrics
+    for a multi-objective search), for sweepers."""
+    if not metric:
+        return None
+    if not isinstance(metric, str):
+        return [objective(m, summary) for m in metric]
+    best = summary["best"]
+    if not any(k.startswith("val/") for k in best):  # no validation ran (e.g. max_steps reached first)
+        log.warning("optimized_metric=%s: no validation ran, so there is no objective to return", metric)
+        return None
+    if metric not in best:
+        known = ", ".join(sorted(k for k in best if k.startswith("val/"))) or "none (no validation ran)"
+        raise ConfigError(f"optimized_metric={metric!r} was not logged; logged: {known}")
+    return float(best[metric])
+
+
+def write_summary(path: Path, summary: dict[str, Any], cfg: DictConfig) -> None:
+    """``summary.json``: the summary plus this job's overrides and the full config (plain JSON)."""
+    import json
+
+    from compressml.codec.files import atomic_write
+
+    doc = {**summary, "overrides": job_overrides(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    text = json.dumps(doc, indent=1, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text), force=True)
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (a sweep job's own values), if Hydra runs it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+@rank_zero_only  # under DDP only global rank 0 has the loggers' runs
 def finish_loggers(loggers, summary: dict[str, Any]) -> None:
     """Close W&B runs (each job of a multirun gets its own run) with the summary attached."""
     for lg in loggers:
@@ -133,6 +185,7 @@ def make_summary(trainer: pl.Trainer, model, datamodule, loggers, seconds: float
     }
 
 
+@rank_zero_only  # one table, not one per DDP process
 def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table

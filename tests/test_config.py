@@ -11,12 +11,14 @@ from compressml.errors import ConfigError
 from compressml.training import check_config
 from conftest import CONF, TINY, TINY_MLLAE, compose_train, run_cli
 
-GROUPS = ["data", "model", "g", "trainer", "logger", "callbacks", "paths", "hydra", "experiment"]
+GROUPS = ["data", "model", "g", "trainer", "logger", "callbacks", "paths", "hydra", "experiment", "hparams_search", "hydra/launcher"]
 
 
 def options(group: str) -> list[str]:
     base = CONF / group
-    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+    # hydra/launcher is a group of its own
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml")
+                  if group != "hydra" or p.parent == base)
 
 
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
@@ -27,7 +29,7 @@ def test_every_group_has_options():
         assert options(group), f"conf/{group} is empty"
     assert {"lae", "lae/factorized", "lae/hyperprior", "lae/mean_scale", "mllae", "red"} <= set(options("model"))
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
-    assert {"default", "cpu", "gpu", "smoke"} <= set(options("trainer"))
+    assert {"default", "cpu", "gpu", "ddp", "ddp_sim", "smoke"} <= set(options("trainer"))
 
 
 @pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
@@ -37,7 +39,7 @@ def test_option_composes(group, option, tmp_path):
         overrides.append(f"data.root={tmp_path}")
     cfg = compose_train(overrides, tmp_path)
     assert cfg.task_name
-    if group not in ("hydra", "experiment", "paths"):
+    if group not in ("hydra", "hydra/launcher", "experiment", "hparams_search", "paths"):
         selected = cfg[group]
         assert selected is None or isinstance(selected, type(cfg)) or selected == {}
 

@@ -88,3 +88,21 @@ def test_user_g_callable_and_bad_specs():
         LAESystem(net={"arch": "factorized"}, g={"_target_": "compressml.g.RateDistortion", "nope": 1})
     with pytest.raises(CheckpointError):
         LAESystem(net={"arch": "factorized"}, g=G, family="red")
+
+
+def test_init_from_copies_weights_and_refuses_other_models(tmp_path):
+    from compressml.systems.loading import init_weights
+    from conftest import save_tiny_checkpoint
+
+    path = save_tiny_checkpoint(tmp_path / "a.ckpt", arch="mean_scale", seed=3)
+    system = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 8},
+                       g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.05})
+    init_weights(system, path)
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in system.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert system.g.lmbda == 0.05  # this run's g, not the checkpoint's
+    with pytest.raises(ConfigError, match="do not fit"):
+        init_weights(tiny_system("hyperprior"), path)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        init_weights(system, tmp_path / "missing.ckpt")

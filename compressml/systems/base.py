@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from compressml import metrics
 from compressml.errors import ConfigError
+
+# Under DDP, training metrics (train/...) are rank 0's own share of each step: syncing them would
+# cost an all-reduce per metric per step. Validation metrics, which choose checkpoints and drive
+# the LR schedule, are averaged over the ranks (CodecSystem.log), so under DDP a checkpoint or
+# scheduler monitor should be a val/ metric. Lightning's advice to sync every epoch-level metric
+# is silenced for train/ only.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('train/")
 
 
 def plain(value: Any) -> Any:
@@ -112,6 +120,15 @@ class CodecSystem(pl.LightningModule, abc.ABC):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     # -- validation -------------------------------------------------------------------
+    def log(self, name: str, value: Any, *args, **kwargs) -> None:
+        """Lightning's ``log``, with every validation metric (``val/...``, whichever family logs it)
+        averaged over the DDP processes (``sync_dist``): each rank validates its own share of the
+        images, and the best checkpoint, the LR schedule on ``val/loss`` and :attr:`best_val` must
+        agree on every rank. Nothing changes outside DDP."""
+        if name.startswith("val/"):
+            kwargs["sync_dist"] = True
+        super().log(name, value, *args, **kwargs)
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         terms = self.compute_losses(batch)
         target = terms.get("target", batch)
@@ -122,7 +139,8 @@ class CodecSystem(pl.LightningModule, abc.ABC):
         self.log_dict(logged, on_epoch=True, prog_bar=False, batch_size=n)
         self.log("val/loss", terms["loss"], prog_bar=True, on_epoch=True, batch_size=n)
         self.validate_coding(batch)
-        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
+        # the panel of rank 0's first batch: one set of images, in the one log directory (rank 0's)
+        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._log_panel(target[: self.hparams.log_images], x_hat[: self.hparams.log_images])
 
     def on_validation_epoch_end(self) -> None:

@@ -85,3 +85,19 @@ def save_checkpoint(system, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
     return path
+
+
+def init_weights(system, path: str | Path) -> None:
+    """Start ``system`` from the weights of the checkpoint at ``path`` (``init_from=``): same family
+    and architecture, nothing else carried over (a new run: step 0, fresh optimizer, this g)."""
+    from compressml.errors import ConfigError
+
+    ckpt = read_checkpoint(path)
+    family = checkpoint_family(ckpt)
+    if family != system.family:
+        raise ConfigError(f"init_from={path}: a {family or 'non-compressml'} checkpoint cannot start a {system.family} model")
+    try:
+        system.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ConfigError(f"init_from={path}: its weights do not fit this model ({first_line(e)})") from None
+

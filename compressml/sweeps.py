@@ -1,0 +1,345 @@
+"""Sweeps: the jobs of a Hydra multirun (``train.py -m ...``, ``hparams_search=...``) gathered
+into one learned RD curve, and the report a sweep ends with.
+
+Each training job writes ``summary.json`` into its folder (:data:`compressml.training.SUMMARY_FILE`):
+its best validation metrics, checkpoints and overrides. :func:`sweep_jobs` reads those folders;
+``evaluate.py sweep=DIR`` turns every job's best checkpoint into a point of one curve (per
+architecture) against JPEG and WebP; :class:`SweepReport`, a Hydra callback
+(``conf/hydra/default.yaml``), writes the table and plot when the sweep ends and logs them to W&B
+in the sweep's group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from compressml.errors import CompressMLError, DataError
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "sweep_report.json"
+REPORT_CSV = "sweep_report.csv"
+REPORT_PLOT = "sweep_rd.png"
+EVALUATION_DIR = "evaluate"
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep: its folder, number, overrides, best checkpoint (if any) and summary."""
+
+    directory: Path
+    number: int
+    overrides: list[str]
+    checkpoint: Path | None
+    summary: dict = field(default_factory=dict)
+    label: str = ""  # the overrides that tell it from the other jobs
+
+
+def _read_summary(directory: Path) -> dict:
+    from compressml.training import SUMMARY_FILE
+
+    path = directory / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable job summary ({e})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: not a job summary")
+    return doc
+
+
+def _read_overrides(directory: Path) -> list[str]:
+    """``.hydra/overrides.yaml`` (a YAML list of strings), for jobs that did not finish."""
+    from omegaconf import ListConfig, OmegaConf
+
+    path = directory / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        doc = OmegaConf.load(path)
+    except Exception as e:  # yaml errors come in several types
+        raise DataError(f"{path}: unreadable ({e})") from None
+    return [str(o) for o in doc] if isinstance(doc, ListConfig) else []
+
+
+def _job_checkpoint(directory: Path, summary: dict) -> Path | None:
+    """The job's best checkpoint: the one its summary names (found again in ``checkpoints/`` if the
+    sweep folder moved), else the newest non-``last`` checkpoint, else ``last.ckpt``."""
+    folder = directory / "checkpoints"
+    for key in ("best_checkpoint", "last_checkpoint"):
+        named = summary.get(key)
+        if named:
+            for candidate in (Path(named), folder / Path(named).name):
+                if candidate.is_file():
+                    return candidate
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    best = [p for p in found if p.name != "last.ckpt"]
+    return (best or found or [None])[-1]
+
+
+def _job_number(directory: Path, fallback: int) -> int:
+    return int(directory.name) if directory.name.isdigit() else fallback
+
+
+def _short(override: str) -> str:
+    """``key=0.00024156772025296256`` -> ``key=0.0002416`` (Optuna's samples); anything else as is."""
+    key, sep, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}{sep}{number:.4g}" if "." in value or "e" in value.lower() else override
+
+
+def distinguishing_labels(overrides: list[list[str]]) -> list[str]:
+    """Each job's label: its overrides that are not the same in every job (``g.lmbda=0.0035``); all
+    of them when none differ."""
+    common = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
+    labels = []
+    for own in overrides:
+        label = ",".join(_short(o) for o in own if o not in common) or ",".join(_short(o) for o in own)
+        labels.append(label.replace("/", "-") or "job")
+    return labels
+
+
+def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
+    """Every job folder of a multirun (those with a ``summary.json`` or ``.hydra/overrides.yaml``),
+    in job order, with a label made of the overrides that differ between jobs."""
+    root = Path(sweep_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"sweep: no such folder: {root}")
+    jobs = []
+    for i, directory in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
+        summary = _read_summary(directory)
+        overrides = list(summary.get("overrides") or []) or _read_overrides(directory)
+        if not summary and not (directory / ".hydra").is_dir():
+            continue
+        jobs.append(SweepJob(directory, _job_number(directory, i), overrides, _job_checkpoint(directory, summary), summary))
+    if not jobs:
+        raise DataError(f"sweep: {root} holds no job folders of a train.py multirun (each with summary.json or .hydra/)")
+    jobs.sort(key=lambda j: j.number)
+    labels = distinguishing_labels([j.overrides for j in jobs])
+    for job, label in zip(jobs, labels):
+        job.label = label if labels.count(label) == 1 else f"{label}@{job.number}"
+    return jobs
+
+
+def sweep_models(sweep_dirs, curve: str | None) -> list:
+    """``evaluate.py sweep=DIR`` (or a list of DIRs): one :class:`~compressml.evaluation.LearnedModel`
+    per job with a checkpoint, named by the job's distinguishing overrides."""
+    from compressml.evaluation import LearnedModel
+
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else list(sweep_dirs or [])
+    models = []
+    for d in dirs:
+        jobs = sweep_jobs(d)
+        usable = [j for j in jobs if j.checkpoint is not None]
+        for j in jobs:
+            if j.checkpoint is None:
+                print(f"sweep: job {j.number} ({j.label}) has no checkpoint; left out", flush=True)
+        if not usable:
+            raise DataError(f"sweep: no job of {d} left a checkpoint")
+        prefix = f"{Path(d).name}:" if len(dirs) > 1 else ""
+        models += [LearnedModel(j.checkpoint, f"{prefix}{j.label}", curve) for j in usable]
+    return models
+
+
+# -- the report a sweep ends with --------------------------------------------------------------
+TABLE_COLUMNS = ("job", "label", "bpp", "psnr", "ms_ssim", "objective", "steps", "seconds", "checkpoint")
+
+
+def _first(best: dict, *keys: str) -> float | None:
+    for key in keys:
+        value = best.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def validation_table(jobs: list[SweepJob]) -> list[dict[str, Any]]:
+    """One row per job from its best validation: bpp and PSNR of real files where the family codes
+    them during validation (``val/bpp_real``), else the estimates; MS-SSIM; the objective."""
+    rows = []
+    for j in jobs:
+        best = j.summary.get("best") or {}
+        rows.append({
+            "job": j.number,
+            "label": j.label,
+            "bpp": _first(best, "val/bpp_real", "val/bpp", "val/bpp_code", "val/bpsp_real"),
+            "psnr": _first(best, "val/psnr_real", "val/psnr", "val/psnr_y"),
+            "ms_ssim": _first(best, "val/ms_ssim"),
+            "objective": j.summary.get("objective"),
+            "steps": j.summary.get("global_step"),
+            "seconds": j.summary.get("seconds"),
+            "checkpoint": str(j.checkpoint) if j.checkpoint else None,
+        })
+    return rows
+
+
+def _plot_validation(rows: list[dict], path: Path, title: str) -> None:
+    """PSNR against bpp of the jobs' best validations, each point labelled by its job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compressml.evaluation import save_figure
+
+    points = sorted((r for r in rows if r["bpp"] is not None and r["psnr"] is not None), key=lambda r: r["bpp"])
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot([r["bpp"] for r in points], [r["psnr"] for r in points], marker="o", linewidth=2)
+    for r in points:
+        ax.annotate(r["label"], (r["bpp"], r["psnr"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.set_xlabel("bits per pixel (validation)")
+    ax.set_ylabel("PSNR (dB, validation)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+    import io
+
+    from compressml.codec.files import atomic_write
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()), force=True)
+
+
+def sweep_report(sweep_dir: str | Path, data=None, evaluate: bool = True, codecs=("jpeg-420", "webp"),
+                 max_images: int | None = None, label: str | None = None) -> dict:
+    """The report of a finished sweep, written into its folder: ``sweep_report.json/.csv`` and
+    ``sweep_rd.png`` (every job's best validation), and with ``evaluate`` (LAE/MLLAE sweeps, a
+    ``data`` config to take the held-out images from) the real-file evaluation of every job's
+    checkpoint against ``codecs`` in ``evaluate/`` (rd.png, results.json with BD-rates)."""
+    from compressml.codec.files import atomic_write
+
+    root = Path(sweep_dir)
+    jobs = sweep_jobs(root)
+    rows = validation_table(jobs)
+    report: dict[str, Any] = {"sweep_dir": str(root), "jobs": len(jobs), "table": rows, "plot": str(root / REPORT_PLOT)}
+    _write_csv(rows, root / REPORT_CSV)
+    _plot_validation(rows, root / REPORT_PLOT, f"{root.name}: best validation of each job")
+    if evaluate and data is not None:
+        report["evaluation"] = _evaluate_sweep(root, data, list(codecs), max_images, label)
+    text = json.dumps(report, indent=1, default=str)
+    atomic_write(root / REPORT_JSON, lambda tmp: tmp.write_text(text), force=True)
+    return report
+
+
+def _evaluate_sweep(root: Path, data, codecs: list[str], max_images: int | None, label: str | None) -> dict | None:
+    """Every job's checkpoint through real files on ``data``'s held-out images, against ``codecs``."""
+    from compressml.baselines import available_codecs
+    from compressml.evaluation import evaluation_images, run_evaluation
+    from compressml.systems.loading import model_family
+    from compressml.training import instantiate
+
+    models = sweep_models(root, label)
+    families = {model_family(m.path) for m in models}
+    if not families <= {"lae", "mllae"}:
+        log.info("sweep report: %s models are not evaluated as codecs", ", ".join(sorted(families)))
+        return None
+    images = evaluation_images(instantiate(data, "data"), max_images)
+    out = root / EVALUATION_DIR
+    result = run_evaluation(models, images, available_codecs(codecs), out, compare=codecs, matched=(),
+                            progress=lambda msg: print(f"sweep report: evaluating {msg}", flush=True))
+    return {"output_dir": str(out), "plot": str(out / "rd.png"), "learned": result["learned"],
+            "averages": [r for r in result["averages"] if r["codec"] in result["learned"]],
+            "bd_rate": result["bd_rate"]}
+
+
+def log_report_to_wandb(report: dict, wandb_cfg: dict, group: str) -> str | None:
+    """One W&B run in the sweep's group (job type ``sweep-report``) holding the table, the plots and
+    the BD-rates; returns its folder."""
+    import os
+
+    import wandb
+
+    offline = wandb_cfg.get("offline")
+    if offline is None:
+        offline = not os.environ.get("WANDB_API_KEY")
+    run = wandb.init(project=wandb_cfg.get("project") or "compressml", group=group, job_type="sweep-report",
+                     name=f"{group}-report", dir=report["sweep_dir"], mode="offline" if offline else "online",
+                     config={"sweep_dir": report["sweep_dir"], "jobs": report["jobs"]})
+    try:
+        rows = report["table"]
+        logged = {"sweep/rd_table": wandb.Table(columns=list(TABLE_COLUMNS), data=[[r[c] for c in TABLE_COLUMNS] for r in rows]),
+                  "sweep/rd_plot": wandb.Image(report["plot"])}
+        evaluation = report.get("evaluation")
+        if evaluation:
+            logged["sweep/rd_plot_real_files"] = wandb.Image(evaluation["plot"])
+            bd = [[ln, on, e.get("psnr"), e.get("ms_ssim_db")] for ln, against in evaluation["bd_rate"].items() for on, e in against.items()]
+            logged["sweep/bd_rate"] = wandb.Table(columns=["learned", "against", "bd_rate_psnr", "bd_rate_ms_ssim"], data=bd)
+            for ln, on, psnr, _ in bd:
+                run.summary[f"bd_rate_psnr/{ln}/vs/{on}"] = psnr
+        run.log(logged)
+        return os.path.dirname(run.dir)
+    finally:
+        run.finish()
+
+
+class SweepReport(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_report``): when a multirun ends, write its report
+    (:func:`sweep_report`) and log it to W&B in the sweep's group when the sweep logs to W&B.
+    A report that cannot be made is a warning: the jobs' results stay as they are."""
+
+    def __init__(self, evaluate: bool = True, codecs=("jpeg-420", "webp"), max_images: int | None = None,
+                 wandb: bool = True):
+        self.evaluate = evaluate
+        self.codecs = list(codecs)
+        self.max_images = max_images
+        self.wandb = wandb
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        from compressml.loggers import sweep_group
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        try:
+            report = sweep_report(sweep_dir, config.get("data"), self.evaluate, self.codecs, self.max_images)
+            wandb_cfg = OmegaConf.select(config, "logger.wandb")
+            if self.wandb and wandb_cfg is not None:
+                plain = OmegaConf.to_container(wandb_cfg, resolve=False)
+                log_report_to_wandb(report, plain, sweep_group(sweep_dir, config.hydra.job.name))
+        except CompressMLError as e:
+            log.warning("sweep report: %s", e)
+            return
+        print_report_table(report)
+
+
+def print_report_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep {report['sweep_dir']}: best validation per job", header_style="bold")
+    for col in ("job", "overrides", "bpp", "PSNR dB", "MS-SSIM", "objective"):
+        table.add_column(col, justify="left" if col == "overrides" else "right")
+    fmt = lambda v, f: "-" if v is None else format(v, f)
+    for r in report["table"]:
+        table.add_row(str(r["job"]), r["label"], fmt(r["bpp"], ".4f"), fmt(r["psnr"], ".2f"), fmt(r["ms_ssim"], ".4f"), fmt(r["objective"], ".4f"))
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    evaluation = report.get("evaluation")
+    if evaluation:
+        for ln, against in evaluation["bd_rate"].items():
+            text = ", ".join(f"{on} {e['psnr']:+.1f} %" for on, e in against.items() if e.get("psnr") is not None)
+            if text:
+                console.print(f"BD-rate (PSNR) of {ln}: {text}")
+    console.print(f"report: {report['sweep_dir']}/{REPORT_JSON}, {REPORT_CSV}, {REPORT_PLOT}"
+                  + (f", {EVALUATION_DIR}/" if evaluation else ""))
