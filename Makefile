@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.compressml-synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: env demo test test-fast clean
+.PHONY: env demo test test-fast bench clean
 
 env: $(STAMP)
 
@@ -30,6 +30,17 @@ test: $(STAMP)
 # unit tests only (skips the slower end-to-end runs)
 test-fast: $(STAMP)
 	$(RUN) pytest -q -m "not slow"
+
+# The benchmark suite on the premade models (compressml/premade): JSON and PNG plots into
+# benchmarks/results/. RD on Kodak, training throughput, codec speed, RED on Set5/Set14, lossless.
+# Needs ../shared/data (Kodak, Set5, Set14, the training photos). About 30 min on 2 CPU cores.
+BENCH := $(RUN) python benchmarks
+bench: $(STAMP)
+	$(BENCH)/rd_kodak.py
+	$(BENCH)/train_throughput.py
+	$(BENCH)/codec_speed.py --variants mean_scale --checkpoint mean_scale=compressml/premade/lae-q3 --out benchmarks/results/codec_speed_premade.json
+	$(BENCH)/red_sr.py --premade --out benchmarks/results/red_premade.json
+	$(BENCH)/mllae_kodak.py --lossless compressml/premade/mllae-lossless --lossless-only --out benchmarks/results/mllae_premade.json
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache

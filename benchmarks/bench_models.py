@@ -101,14 +101,14 @@ def ensure_checkpoint(variant: str, size: str = "demo", epochs: int = 10) -> Pat
 
 
 def parse_checkpoint_options(items: list[str]) -> dict[str, Path]:
-    """``VARIANT=PATH`` options -> {variant: path}."""
+    """``VARIANT=PATH`` options (a checkpoint or an export bundle) -> {variant: path}."""
     out = {}
     for item in items:
         variant, sep, path = item.partition("=")
         if not sep or variant not in VARIANTS:
             raise SystemExit(f"--checkpoint wants VARIANT=PATH with VARIANT one of {', '.join(VARIANTS)}, got {item!r}")
-        if not Path(path).is_file():
-            raise SystemExit(f"--checkpoint {item}: no such file")
+        if not Path(path).exists():
+            raise SystemExit(f"--checkpoint {item}: no such checkpoint or bundle")
         out[variant] = Path(path)
     return out
 

@@ -155,7 +155,7 @@ def bench_variant(variant: str, ckpt: Path, images: list[dict], repeats: int, pr
             "all_reconstructions_identical": all(r["identical_reconstruction"] for r in rows),
         }
     )
-    hp = dict(load_hparams(ckpt).get("net") or {})
+    hp = {"channels": net.g_a[0].out_channels, "latent_channels": net.g_a[-1].out_channels}
     return {"checkpoint": str(ckpt), "net": hp, "summary": summary, "images": rows}
 
 
@@ -177,12 +177,6 @@ def codec_overhead(net, a_encode, a_decode, src, data: bytes, b_enc_out: dict, b
     finally:
         del net.compress, net.decompress  # the class's methods again
     return {"overhead_enc_s": min(enc), "overhead_dec_s": min(dec)}
-
-
-def load_hparams(ckpt: Path) -> dict:
-    import torch
-
-    return torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
 
 
 def bench_png_io(images: list[dict], repeats: int, progress) -> dict:

@@ -10,6 +10,7 @@ lossless image verified bit-exact.
     .venv/bin/python benchmarks/mllae_kodak.py                      # train 2 x 10 min, evaluate on 24 images
     .venv/bin/python benchmarks/mllae_kodak.py --minutes 3 --images 4
     .venv/bin/python benchmarks/mllae_kodak.py --lossless a.ckpt --fixed b.ckpt
+    .venv/bin/python benchmarks/mllae_kodak.py --lossless compressml/premade/mllae-lossless --lossless-only
 
 Prints tables and writes benchmarks/results/mllae_kodak.json.
 """
@@ -51,6 +52,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lossless", type=Path, help="a lossless MLLAE checkpoint (default: train one)")
+    parser.add_argument("--lossless-only", action="store_true", help="evaluate the lossless model only (no MLLAE-N at 1/8)")
     parser.add_argument("--fixed", type=Path, help="an MLLAE-N checkpoint at 1/8 of raw size (default: train one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time per model when training")
     parser.add_argument("--crop", type=int, default=None, help="training crop (default: 128 on GPU, 64 on CPU)")
@@ -66,7 +68,7 @@ def main() -> int:
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     started = time.time()
-    checkpoints = {"lossless": args.lossless, "fixed": args.fixed}
+    checkpoints = {"lossless": args.lossless, **({} if args.lossless_only else {"fixed": args.fixed})}
     trained = {}
     for name, path in checkpoints.items():
         if path is None:
@@ -82,6 +84,8 @@ def main() -> int:
         ("lossless", [CODECS["png"], CODECS["webp-lossless"]], []),
         ("fixed", [], [CODECS["jpeg-420"]]),
     ):
+        if name not in checkpoints:
+            continue
         result = run_evaluation([LearnedModel(checkpoints[name], name)], images, codecs, WORK / f"eval-{name}",
                                 compare=[], matched=matched, progress=lambda m: print("evaluating", m, flush=True))
         result["output_dir"] = str(WORK / f"eval-{name}")

@@ -20,6 +20,7 @@ count) is CPU throughput wherever the models were trained.
     .venv/bin/python benchmarks/red_sr.py                                   # 3 archs x 3 scales x 3 min
     .venv/bin/python benchmarks/red_sr.py --archs espcn --scales 2 --minutes 0.2 --out /tmp/red.json
     .venv/bin/python benchmarks/red_sr.py --checkpoints /tmp/compressml-bench/red    # evaluate only
+    .venv/bin/python benchmarks/red_sr.py --premade --out benchmarks/results/red_premade.json   # the shipped red-x2/x4
 
 Prints one table per dataset and writes benchmarks/results/red_sr.json.
 """
@@ -96,7 +97,12 @@ def train_model(arch: str, scale: int, args, device: str, crop: int, batch: int,
 def describe_checkpoint(path: Path, arch: str, scale: int) -> dict:
     from compressml.systems.loading import read_checkpoint
 
-    ckpt = read_checkpoint(path)
+    if path.is_dir():  # an export bundle (the premade models): its manifest keeps the hyper-parameters
+        from compressml.codec.bundle import read_manifest
+
+        ckpt = {"hyper_parameters": read_manifest(path)[1].get("hyper_parameters") or {}}
+    else:
+        ckpt = read_checkpoint(path)
     hp = ckpt.get("hyper_parameters") or {}
     if hp.get("family") != "red" or hp.get("arch") != arch or hp.get("scale") != scale:
         raise SystemExit(f"{path}: a {hp.get('family')} {hp.get('arch')} x{hp.get('scale')} checkpoint, not red {arch} x{scale}")
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                    "so that validation (once per epoch) is rare (default: 50)")
     p.add_argument("--workers", type=int, help="data loader workers (default: 2 on CPU, up to 8 on GPU)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--premade", action="store_true", help="evaluate the premade red-x2 / red-x4 bundles (FSRCNN) instead of training")
     p.add_argument("--checkpoints", type=Path, metavar="DIR",
                    help="use DIR/<arch>-x<s>.ckpt where present (no training); models missing there are trained")
     p.add_argument("--train-root", type=Path, default=TRAIN, help=f"training images (default: {TRAIN})")
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set14", type=Path, default=DATASETS["set14"])
     p.add_argument("--out", type=Path, default=RESULTS / "red_sr.json")
     args = p.parse_args(argv)
+    if args.premade:  # the shipped models: FSRCNN at x2 and x4
+        args.archs, args.scales = ["fsrcnn"], [2, 4]
     scales = sorted(set(args.scales))
     archs = [a for a in ARCHS if a in args.archs]
 
@@ -195,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         for arch in archs:
             name = f"{arch}-x{scale}"
             given = args.checkpoints / f"{name}.ckpt" if args.checkpoints else None
-            if given is not None and given.is_file():
+            if args.premade:
+                given = ROOT / "compressml" / "premade" / f"red-x{scale}"
+            if given is not None and given.exists():
                 entry = {"checkpoint": str(given), "training_seconds": None, "data": None}
             else:
                 if given is not None:

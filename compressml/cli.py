@@ -17,8 +17,11 @@ def _download_kodak(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outputs(pairs, out: str, suffix: str) -> list:
-    """Map inputs to outputs: a single file may name its output file, otherwise OUT is a folder."""
+def _outputs(pairs, out: str | None, suffix: str) -> list:
+    """Map inputs to outputs: a single file may name its output file, otherwise OUT is a folder;
+    without OUT, each output lies beside its input (photo.png -> photo.cml)."""
+    if out is None:
+        return [(src, src.with_suffix(suffix)) for src, _ in pairs]
     out_path = Path(out)
     if len(pairs) == 1 and not out_path.is_dir() and out_path.suffix:
         return [(pairs[0][0], out_path)]
@@ -31,7 +34,16 @@ def _compress(args: argparse.Namespace) -> int:
 
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".cml")
     _refuse_existing([dst for _, dst in jobs], args.force)
-    model = load_codec(args.model, args.base, args.quality)
+    if args.model is None:  # the premade LAE family; -q picks the rate
+        from compressml import premade
+
+        if args.base is not None:
+            raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
+        chosen = premade.lae_for_quality(args.quality)
+        print(f"model: premade {chosen.name} (-q {chosen.quality})")
+        model = load_codec(str(chosen.bundle))
+    else:
+        model = load_codec(_model_path(args.model), args.base, args.quality)
     for src, dst in jobs:
         r = compress_file(model, src, dst, force=args.force)
         print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp")
@@ -43,9 +55,14 @@ def _decompress(args: argparse.Namespace) -> int:
 
     jobs = _outputs(expand_inputs(args.inputs, (".cml",)), args.output, "." + args.format)
     _refuse_existing([dst for _, dst in jobs], args.force)
-    model = load_codec(args.model, args.base)
+    models = {}  # one codec per model, loaded once
+    if args.model is not None:
+        models[None] = load_codec(_model_path(args.model), _model_path(args.base) if args.base else None)
     for src, dst in jobs:
-        r = decompress_file(model, src, dst, fmt=args.format, force=args.force)
+        key = None if args.model is not None else _premade_for_file(src)
+        if key not in models:
+            models[key] = load_codec(key)
+        r = decompress_file(models[key], src, dst, fmt=args.format, force=args.force)
         print(f"{src} -> {dst}: {r['width']}x{r['height']}")
     return 0
 
@@ -59,7 +76,7 @@ def _upscale(args: argparse.Namespace) -> int:
     if any(dst.suffix.lower() != ".png" for _, dst in jobs):
         raise CompressMLError(f"{jobs[0][1]}: upscale writes PNG files; name the output .png (or give a folder)")
     _refuse_existing([dst for _, dst in jobs], args.force)
-    model = Upscaler.load(args.model)
+    model = Upscaler.load(_model_path(args.model))
     for src, dst in jobs:
         r = upscale_file(model, src, dst, force=args.force, tile=args.tile)
         print(f"{src} -> {dst}: {r['width']}x{r['height']} (x{model.scale})")
@@ -78,6 +95,47 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_path(spec: str) -> str:
+    """``-m``: a premade model's name (see ``compressml models``) or a bundle / checkpoint path."""
+    from compressml import premade
+
+    return premade.resolve_model(spec)
+
+
+def _premade_for_file(path: Path) -> str:
+    """The bundle of the premade model that made a .cml file (decompress without -m)."""
+    from compressml import premade
+    from compressml.codec.files import describe
+
+    fingerprint = describe(path)["fingerprint"]
+    found = premade.by_fingerprint(fingerprint)
+    if found is None:
+        raise CompressMLError(f"{path}: made by weights {fingerprint[:12]}, not a premade model's: give the model with -m")
+    return str(found.bundle)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compressml import premade
+
+    models = premade.premade_models()
+    if not models:
+        print("no premade models in this installation")
+        return 0
+    table = Table(title="premade models (use the name with -m; compress uses lae-q* by default, -q picks one)", header_style="bold")
+    for col in ("name", "family", "what", "measured", "size", "trained"):
+        table.add_column(col, overflow="fold")
+    for m in models:
+        size = sum(p.stat().st_size for p in m.bundle.iterdir() if p.is_file())
+        t = m.training
+        trained = f"{t.get('steps', '?')} steps, {t.get('wall_time_s', 0) / 60:.0f} min, {t.get('device', '?')}"
+        table.add_row(m.name, m.family, m.description, m.measured.get("summary", ""), f"{size / 1e6:.1f} MB", trained)
+    Console(width=max(Console().width, 140)).print(table)
+    return 0
+
+
 def _refuse_existing(paths, force: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not force:
@@ -90,23 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     comp = sub.add_parser("compress", help="images (files or folders, recursive) to .cml files")
     comp.add_argument("inputs", nargs="+")
-    comp.add_argument("-m", "--model", required=True, help="an LAE or MLLAE (or, with --base, a RED): export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
+    comp.add_argument("-m", "--model", help="an LAE or MLLAE (or, with --base, a RED): a premade model's name (compressml models), an export bundle folder (or its manifest.json) or a Lightning checkpoint (.ckpt); default: the premade LAE family")
     comp.add_argument("--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model")
-    comp.add_argument("-q", "--quality", type=int, help="hybrid codec: the classical base codec's quality (default 75)")
-    comp.add_argument("-o", "--output", required=True, help="output folder (or file, for one input)")
+    comp.add_argument("-q", "--quality", type=int, help="without -m: which premade LAE, 1 (smallest files) .. 4 (default 3); hybrid codec: the classical base codec's quality (default 75)")
+    comp.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.cml")
     comp.add_argument("--force", action="store_true", help="overwrite existing outputs")
     comp.set_defaults(func=_compress)
     dec = sub.add_parser("decompress", help=".cml files (or folders of them) back to images")
     dec.add_argument("inputs", nargs="+")
-    dec.add_argument("-m", "--model", required=True, help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files); the RED for hybrid files")
+    dec.add_argument("-m", "--model", help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files), or a premade model's name; the RED for hybrid files; default: the premade model named by each file")
     dec.add_argument("--base", help="hybrid files whose base layer is an LAE code: that LAE model")
-    dec.add_argument("-o", "--output", required=True, help="output folder (or file, for one input)")
+    dec.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.png")
     dec.add_argument("--format", default="png", choices=["png", "bmp", "tiff", "webp"])
     dec.add_argument("--force", action="store_true", help="overwrite existing outputs")
     dec.set_defaults(func=_decompress)
     up = sub.add_parser("upscale", help="super-resolve images (files or folders, recursive) with a RED model")
     up.add_argument("inputs", nargs="+")
-    up.add_argument("-m", "--model", required=True, help="a RED: export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
+    up.add_argument("-m", "--model", required=True, help="a RED: a premade model's name (red-x2, red-x4), export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
     up.add_argument("-o", "--output", required=True, help="output folder (or .png file, for one input)")
     up.add_argument("--tile", type=int, default=256, help="low-resolution tile side for large images (default 256); results match untiled ones")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -114,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe .cml files")
     info.add_argument("files", nargs="+")
     info.set_defaults(func=_info)
+    models = sub.add_parser("models", help="list the premade models shipped with compressml, with their measured figures")
+    models.set_defaults(func=_models)
     kodak = sub.add_parser("download-kodak", help="fetch the 24 Kodak images into a local cache, checksum-verified")
     kodak.add_argument("--dest", help="target folder (default: $COMPRESSML_CACHE/kodak or ~/.cache/compressml/kodak)")
     kodak.add_argument("--url", help="base URL of a Kodak mirror (default: the public r0k.us mirror)")

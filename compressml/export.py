@@ -490,12 +490,43 @@ def build_manifest(net: nn.Module, ckpt: dict, checkpoint: Path, folder: Path, g
     }
 
 
-def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False, onnx: bool = True, torchscript: bool = True) -> dict:
+HALF_MAX = 65504.0  # the largest finite float16
+
+
+def round_to_half(net: nn.Module) -> set[str]:
+    """Round the network's floating-point weights to float16 values (kept as float32 tensors), so
+    that the float16 file stores exactly the network that is then fingerprinted and exported; the
+    CDF tables of an LAE are computed again from the rounded weights. Tensors with values beyond
+    float16's range stay float32. Returns the names of the rounded tensors."""
+    from compressai.models.base import CompressionModel
+
+    def round_all() -> set[str]:
+        rounded = set()
+        with torch.no_grad():
+            for name, tensor in net.state_dict(keep_vars=True).items():
+                if tensor.is_floating_point() and tensor.numel() and float(tensor.detach().abs().max()) <= HALF_MAX:
+                    tensor.data.copy_(tensor.data.half().float())
+                    rounded.add(name)
+        return rounded
+
+    rounded = round_all()
+    if isinstance(net, CompressionModel):
+        net.update(force=True)  # CDF tables from the rounded weights; this also rebuilds the scale table,
+        rounded = round_all()  # which is rounded in turn (both sides index scales with the stored table)
+    return rounded
+
+
+def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False, onnx: bool = True,
+                  torchscript: bool = True, dtype: str = "float32") -> dict:
     """Write the export bundle of a checkpoint (LAE, MLLAE or RED) into ``out_dir``; returns a summary.
 
     ``out_dir`` must not exist or be empty; ``force`` replaces an existing bundle (a folder
     holding a manifest.json), never another non-empty folder. Nothing partial is left on failure.
+    ``dtype="float16"`` stores the weights at half the size (:func:`round_to_half`): files made
+    with the bundle then differ from those of the float32 checkpoint, whose fingerprint differs.
     """
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"dtype must be float32 or float16, got {dtype!r}")
     started = time.time()
     checkpoint, out = Path(checkpoint_path), Path(out_dir)
     if out.name in ("", ".."):  # "." or "..": the folder's own name is needed for the temporary sibling
@@ -503,6 +534,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
     _check_target(out, checkpoint, force)
     ckpt = read_checkpoint(checkpoint)
     net = net_from_checkpoint(ckpt, checkpoint)
+    half = round_to_half(net) if dtype == "float16" else set()
 
     created = _missing_parents(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -511,6 +543,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+        state = {k: v.half() if k in half else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
 
         graphs: dict[str, Any] = {}
@@ -526,6 +559,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
                 graphs["max_abs_diff"].update(write_onnx(specs, tmp))
 
         manifest = build_manifest(net, ckpt, checkpoint, tmp, graphs)
+        manifest["dtype"] = dtype
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         umask = os.umask(0)
         os.umask(umask)
@@ -565,7 +599,7 @@ def export_from_config(cfg: Mapping) -> dict:
             raise ConfigError(f"{key} is required (python export.py checkpoint=PATH out=DIR)")
     return export_bundle(
         cfg["checkpoint"], cfg["out"], force=bool(cfg.get("force", False)), onnx=bool(cfg.get("onnx", True)),
-        torchscript=bool(cfg.get("torchscript", True)),
+        torchscript=bool(cfg.get("torchscript", True)), dtype=str(cfg.get("dtype") or "float32"),
     )
 
 

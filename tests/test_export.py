@@ -465,3 +465,28 @@ def test_red_tampered_or_inconsistent_bundles_are_refused(red_bundles, tmp_path)
         with pytest.raises(BundleError, match=needle) as exc:
             load_bundle(root)
         assert "\n" not in str(exc.value)
+
+
+def test_float16_bundle_halves_the_weights_and_codes_like_itself(checkpoints, bundles, photo, tmp_path):
+    ckpt = checkpoints["mean_scale"]
+    half = tmp_path / "half"
+    summary = export_bundle(ckpt, half, onnx=False, torchscript=False, dtype="float16")
+    full = bundles["mean_scale"] / "weights.safetensors"
+    assert summary["files"]["weights.safetensors"] < full.stat().st_size  # (the integer CDF tables dominate a tiny model)
+    net, manifest = load_bundle(half)
+    assert manifest["dtype"] == "float16" and manifest["fingerprint"] != json.loads((bundles["mean_scale"] / "manifest.json").read_text())["fingerprint"]
+    from safetensors.torch import load_file
+
+    stored = load_file(half / "weights.safetensors")
+    assert all(v.dtype == torch.float16 for k, v in stored.items() if k.startswith(("g_a", "g_s", "h_a", "h_s")))
+    assert all(v.dtype != torch.float16 for k, v in stored.items() if "cdf" in k or "offset" in k)  # tables stay integer
+    # the same file from the bundle twice; decoding gives the forward pass of the rounded network
+    assert cli_main(["compress", str(photo), "-m", str(half), "-o", str(tmp_path / "a.cml")]) == 0
+    assert cli_main(["decompress", str(tmp_path / "a.cml"), "-m", str(half), "-o", str(tmp_path / "a.png")]) == 0
+    decoded = np.asarray(Image.open(tmp_path / "a.png")).astype(np.float64)
+    with torch.no_grad():
+        x = image_tensor(64, 96)[None]
+        expected = net(pad_to_multiple(x, 64)[0])["x_hat"][..., :64, :96].clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255
+    assert np.abs(decoded - expected).max() <= 1.5
+    with pytest.raises(ConfigError, match="dtype"):
+        export_bundle(ckpt, tmp_path / "bad", dtype="int8")

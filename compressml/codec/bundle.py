@@ -83,6 +83,8 @@ def validate_manifest(manifest: Any, where: str) -> dict:
         _validate_red(manifest, bad, where)
     else:
         _validate_lae(manifest, bad, where)
+    if manifest.get("dtype", "float32") not in ("float32", "float16"):
+        raise bad(f"dtype must be float32 or float16, got {manifest.get('dtype')!r}")
     if not _is_hex(manifest.get("fingerprint"), 32):
         raise bad("fingerprint must be 32 hex digits")
     files = manifest.get("files")
@@ -174,9 +176,11 @@ def read_weights(root: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(root / WEIGHTS, device="cpu")
+        state = load_file(root / WEIGHTS, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{root}: {WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    # float16 bundles (export dtype=float16) compute in float32, as they were fingerprinted
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
 
 def _check_fingerprint(net: torch.nn.Module, root: Path, manifest: dict) -> None:

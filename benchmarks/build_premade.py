@@ -1,0 +1,161 @@
+"""Build the premade models shipped in compressml/premade: float16 export bundles of trained
+checkpoints, measured on the evaluation sets, listed in compressml/premade/models.json.
+
+For each model: ``export_bundle(..., dtype="float16")`` without graphs into
+compressml/premade/<name>/, then the bundle itself (not the checkpoint) is measured:
+- the LAE family on Kodak through real files (bpp, PSNR, MS-SSIM; BD-rate vs JPEG and WebP),
+- the MLLAE lossless model on Kodak (bits per sub-pixel, every image checked bit-exact),
+- the REDs on Set5 (Y-PSNR against bicubic).
+The training record (data, steps, wall time, device) comes from the checkpoint (its step count and
+Lightning's Timer state) and from the recipe below; each recipe is an experiment config.
+
+    .venv/bin/python benchmarks/build_premade.py                 # checkpoints at their default paths
+    .venv/bin/python benchmarks/build_premade.py --set lae-q1=path/to/last.ckpt --images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import ROOT, cpu_model  # noqa: E402
+from rd_kodak import CURVE, KODAK, kodak_images, measure  # noqa: E402
+
+PREMADE = ROOT / "compressml" / "premade"
+SET5 = (ROOT / ".." / "shared" / "data" / "set5" / "HR").resolve()
+BSD200 = "../shared/data/train/bsd200 (the 200 BSDS500 training photos)"
+SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
+LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
+
+# name -> what it is, where its checkpoint was trained, and how
+SPECS = {
+    "lae-q1": dict(family="lae", quality=1, source="/tmp/premade/lae_q1/checkpoints/last.ckpt", data=BSD200,
+                   recipe=f"python train.py experiment=premade/lae_q1 {LAE_FINE_TUNE}",
+                   description="mean-scale hyperprior 64/96, lambda 0.0018 (smallest files)"),
+    "lae-q2": dict(family="lae", quality=2, source="/tmp/premade/lae_q2/checkpoints/last.ckpt", data=BSD200,
+                   recipe="python train.py experiment=premade/lae_q2", description="mean-scale hyperprior 64/96, lambda 0.0067"),
+    "lae-q3": dict(family="lae", quality=3, source="/tmp/premade/lae_q3/checkpoints/last.ckpt", data=BSD200,
+                   recipe=f"python train.py experiment=premade/lae_q3 {LAE_FINE_TUNE}",
+                   description="mean-scale hyperprior 64/96, lambda 0.025 (the default of compressml compress)"),
+    "lae-q4": dict(family="lae", quality=4, source="/tmp/premade/lae_q4/checkpoints/last.ckpt", data=BSD200,
+                   recipe=f"python train.py experiment=premade/lae_q4 {LAE_FINE_TUNE}",
+                   description="mean-scale hyperprior 64/96, lambda 0.07 (best quality)"),
+    "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
+                           recipe="python train.py experiment=premade/mllae_lossless",
+                           description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)"),
+    "red-x2": dict(family="red", scale=2, source="/tmp/compressml-bench/red/fsrcnn-x2.ckpt", data=SR_DATA,
+                   recipe="python train.py experiment=premade/red_x2", description="super-resolution x2 (FSRCNN + bicubic skip)"),
+    "red-x4": dict(family="red", scale=4, source="/tmp/compressml-bench/red/fsrcnn-x4.ckpt", data=SR_DATA,
+                   recipe="python train.py experiment=premade/red_x4", description="super-resolution x4 (FSRCNN + bicubic skip)"),
+}
+
+
+def training_record(checkpoint: Path, data: str, device: str) -> dict:
+    from compressml.systems.loading import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
+    elapsed = (timer.get("time_elapsed") or {})
+    seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
+    return {"data": data, "steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None,
+            "device": device}
+
+
+def export(name: str, checkpoint: Path) -> dict:
+    from compressml.export import export_bundle
+
+    return export_bundle(checkpoint, PREMADE / name, force=True, onnx=False, torchscript=False, dtype="float16")
+
+
+def measure_lae(names: list[str], images) -> dict[str, dict]:
+    from compressml.evaluation import LearnedModel
+
+    models = [LearnedModel(PREMADE / n, n, CURVE) for n in names]
+    result = measure(models, images, Path("/tmp/compressml-bench/premade-lae"))
+    bd = result["bd_rate"][CURVE]
+    out = {}
+    for r in (r for r in result["averages"] if r["codec"] == CURVE):
+        out[r["setting"]] = {"kodak": {"bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2), "ms_ssim": round(r["ms_ssim"], 4),
+                                       "images": r["images"]},
+                             "family_bd_rate_psnr": {k: (round(v["psnr"], 1) if v.get("psnr") is not None else None) for k, v in bd.items()}}
+        out[r["setting"]]["summary"] = f"Kodak {r['bpp']:.3f} bpp, {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}"
+    return out
+
+
+def measure_mllae(name: str, images) -> dict:
+    from compressml.evaluation import LearnedModel, run_evaluation
+
+    result = run_evaluation([LearnedModel(PREMADE / name, name, name)], images, [], Path("/tmp/compressml-bench/premade-mllae"))
+    (r,) = [r for r in result["averages"] if r["codec"] == name]
+    return {"kodak": {"bpsp": round(r["bpsp"], 3), "exact": f"{r['exact']}/{r['images']}", "images": r["images"]},
+            "summary": f"Kodak lossless {r['bpsp']:.3f} bits/sub-pixel, {r['exact']}/{r['images']} bit-exact"}
+
+
+def measure_red(name: str, set5: Path) -> dict:
+    from compressml.data.images import list_images, load_image
+    from compressml.sr_evaluation import BICUBIC, evaluate_sr
+    from compressml.upscale import Upscaler
+
+    up = Upscaler.load(PREMADE / name)
+    images = [(p.name, load_image(p)) for p in list_images(set5)]
+    result = evaluate_sr([(name, lambda lr: up(lr, 256))], images, up.scale)
+    ours, bic = result["averages"][name], result["averages"][BICUBIC]
+    return {"set5": {"psnr_y": round(ours["psnr_y"], 2), "ssim_y": round(ours["ssim_y"], 4), "bicubic_psnr_y": round(bic["psnr_y"], 2)},
+            "summary": f"Set5 x{up.scale} Y-PSNR {ours['psnr_y']:.2f} dB (bicubic {bic['psnr_y']:.2f})"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", nargs="+", default=[], metavar="NAME=CKPT", help="another checkpoint for a model")
+    p.add_argument("--only", nargs="+", choices=list(SPECS), help="build only these (the others stay as they are)")
+    p.add_argument("--images", type=int, default=None, help="first N Kodak images for the figures (default: all 24)")
+    p.add_argument("--kodak", type=Path, default=KODAK)
+    p.add_argument("--set5", type=Path, default=SET5)
+    p.add_argument("--device", default=f"CPU ({cpu_model()}, 2 cores)", help="what trained the checkpoints")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    sources = {n: Path(s["source"]) for n, s in SPECS.items()}
+    for item in args.set:
+        name, _, path = item.partition("=")
+        if name not in SPECS or not path:
+            raise SystemExit(f"--set wants NAME=CKPT with NAME in {', '.join(SPECS)}")
+        sources[name] = Path(path)
+    names = args.only or list(SPECS)
+    registry = PREMADE / "models.json"
+    entries = {e["name"]: e for e in (json.loads(registry.read_text())["models"] if registry.is_file() else [])}
+    for name in names:
+        spec = SPECS[name]
+        print(f"exporting {name} from {sources[name]}", flush=True)
+        summary = export(name, sources[name])
+        entries[name] = {"name": name, "family": spec["family"], "bundle": name, "fingerprint": summary["fingerprint"],
+                         **{k: spec[k] for k in ("quality", "scale") if k in spec}, "description": spec["description"],
+                         "recipe": spec["recipe"], "training": training_record(sources[name], spec["data"], args.device),
+                         "bytes": sum(summary["files"].values())}
+    images = kodak_images(args.kodak, args.images)
+    lae = [n for n in names if SPECS[n]["family"] == "lae"]
+    if lae:
+        print(f"measuring {', '.join(lae)} on {len(images)} Kodak image(s)", flush=True)
+        for n, m in measure_lae(sorted(lae), images).items():
+            entries[n]["measured"] = m
+    for n in (n for n in names if SPECS[n]["family"] == "mllae"):
+        print(f"measuring {n} on {len(images)} Kodak image(s)", flush=True)
+        entries[n]["measured"] = measure_mllae(n, images)
+    for n in (n for n in names if SPECS[n]["family"] == "red"):
+        print(f"measuring {n} on Set5", flush=True)
+        entries[n]["measured"] = measure_red(n, args.set5)
+    ordered = [entries[n] for n in SPECS if n in entries]
+    registry.write_text(json.dumps({"format": "compressml-premade", "version": 1, "models": ordered}, indent=1) + "\n")
+    total = sum(e["bytes"] for e in ordered)
+    for e in ordered:
+        print(f"{e['name']:<15} {e['bytes'] / 1e6:6.2f} MB  {e.get('measured', {}).get('summary', '')}")
+    print(f"total {total / 1e6:.2f} MB (limit 25 MB); wrote {registry.relative_to(ROOT)} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""RD on Kodak: the premade LAE family against JPEG and WebP (Pillow), with BD-rates on PSNR and
+MS-SSIM, and CompressAI's published bmshj2018-hyperprior and mbt2018-mean Kodak points overlaid.
+
+Every learned point is a real ``.cml`` file decoded again (``compressml.evaluation.run_evaluation``,
+the code path of ``evaluate.py``); JPEG and WebP are measured on the same images through Pillow.
+BD-rates are given against our own JPEG/WebP measurements and against CompressAI's published
+JPEG/WebP and model curves (../shared/data/reference). Targets (issue 7): BD-rate (PSNR) at most
+-40 % vs JPEG and at most -10 % vs WebP.
+
+    .venv/bin/python benchmarks/rd_kodak.py                       # the premade family, 24 images
+    .venv/bin/python benchmarks/rd_kodak.py --images 4
+    .venv/bin/python benchmarks/rd_kodak.py --models a.ckpt b.ckpt c.ckpt d.ckpt --label mine
+
+Prints tables and writes benchmarks/results/rd_kodak.json and rd_kodak.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
+
+KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
+REFERENCE = (ROOT / ".." / "shared" / "data" / "reference").resolve()
+# CompressAI's published curves overlaid (and BD-rated against); the JPEG/WebP ones are its own runs
+REFERENCE_FILES = ("compressai-bmshj2018-hyperprior_mse_cpu.json", "compressai-mbt2018-mean_mse_cpu.json", "jpeg.json", "webp.json")
+CURVE = "compressml-premade"
+
+
+def kodak_images(root: Path, count: int | None):
+    from compressml.data.images import list_images, load_image
+    from compressml.evaluation import EvalImage
+
+    paths = list_images(root)[:count]
+    if not paths:
+        raise SystemExit(f"no images in {root}")
+    return [EvalImage.from_tensor(p.name, load_image(p)) for p in paths]
+
+
+def premade_points() -> list:
+    from compressml import premade
+    from compressml.evaluation import LearnedModel
+
+    family = premade.lae_family()
+    if not family:
+        raise SystemExit("no premade LAE models in compressml/premade (run benchmarks/build_premade.py)")
+    return [LearnedModel(m.bundle, m.name, CURVE) for m in family]
+
+
+def measure(models, images, out_dir: Path, codecs=("jpeg-420", "webp"), reference=REFERENCE) -> dict:
+    """Real-file RD of ``models`` (LearnedModel points) and ``codecs`` on ``images``, with references."""
+    from compressml.baselines import available_codecs
+    from compressml.evaluation import run_evaluation
+
+    refs = [reference / f for f in REFERENCE_FILES if (reference / f).is_file()]
+    return run_evaluation(models, images, available_codecs(list(codecs)), out_dir, reference=refs, compare=list(codecs),
+                          matched=(), progress=lambda msg: print(f"  {msg}", flush=True))
+
+
+def summarise(result: dict) -> dict:
+    learned = result["learned"]
+    points = [r for r in result["averages"] if r["codec"] in learned]
+    return {
+        "points": [{k: r[k] for k in ("codec", "setting", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")} for r in sorted(points, key=lambda r: r["bpp"])],
+        "bd_rate": result["bd_rate"],
+        "classical": {n: c for n, c in result["curves"].items() if n not in learned},
+        "reference": result["reference"],
+    }
+
+
+def print_tables(results: dict) -> None:
+    print(f"\nKodak ({results['images']} images): premade LAE family, real files")
+    print(f"{'model':<10} {'bpp':>7} {'PSNR dB':>8} {'MS-SSIM':>8} {'enc s':>7} {'dec s':>7}")
+    for p in results["points"]:
+        print(f"{p['setting']:<10} {p['bpp']:7.3f} {p['psnr']:8.2f} {p['ms_ssim']:8.4f} {p['encode_s']:7.3f} {p['decode_s']:7.3f}")
+    print("\nBD-rate of the premade family (negative = fewer bits at equal quality)")
+    print(f"{'against':<42} {'PSNR':>9} {'MS-SSIM':>9}")
+    fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"
+    for against, e in next(iter(results["bd_rate"].values()), {}).items():
+        print(f"{against:<42} {fmt(e.get('psnr')):>9} {fmt(e.get('ms_ssim_db')):>9}")
+    print(f"targets: <= -40 % vs JPEG, <= -10 % vs WebP (PSNR); plot: {results['plot']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=None, help="first N Kodak images (default: all 24)")
+    p.add_argument("--kodak", type=Path, default=KODAK)
+    p.add_argument("--models", nargs="+", type=Path, help="checkpoints or bundles instead of the premade family")
+    p.add_argument("--label", default=None, help="curve name for --models")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=RESULTS / "rd_kodak.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    from compressml.evaluation import learned_models
+
+    models = learned_models([str(m) for m in args.models], args.label or "compressml") if args.models else premade_points()
+    images = kodak_images(args.kodak, args.images)
+    work = Path("/tmp/compressml-bench/rd_kodak")
+    print(f"RD on {len(images)} Kodak image(s): {len(models)} learned point(s), JPEG, WebP", flush=True)
+    result = measure(models, images, work)
+    plot = args.out.with_suffix(".png")
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work / "rd.png", plot)
+    results = {"benchmark": "rd_kodak", "machine": machine_info(), "images": len(images),
+               "models": [str(m.path) for m in models], **summarise(result), "plot": str(plot.relative_to(ROOT))}
+    return finish(results, args.out, print_tables, started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Training throughput: compressml's Lightning system against a bare PyTorch loop over the same
+model, batch and data (images/s, and their ratio; target >= 0.95).
+
+Both sides train the same LAE (``LAESystem``: mean-scale hyperprior at the premade size, 64/96
+channels, by default) on the same DataLoader (``ImageFolderDataModule`` on the BSDS500 training
+photos: random 128x128 crops, batch 8):
+- Lightning: ``Trainer.fit`` as ``train.py`` runs it (automatic optimisation, per-step logging of
+  every term to a CSV logger, gradient clipping of the main group), without validation or
+  checkpoints; timed by a callback between step ``--warmup`` and the last step;
+- bare: ``for x in loader: terms = system.compute_losses(x); (loss + aux).backward();
+  clip; optimizer.step(); zero_grad()`` with the same optimizer groups.
+The two alternate ``--rounds`` times from the same initial weights; the table gives the median.
+
+    .venv/bin/python benchmarks/train_throughput.py
+    .venv/bin/python benchmarks/train_throughput.py --steps 60 --rounds 3 --channels 128 --latent 192
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
+
+TRAIN = (ROOT / ".." / "shared" / "data" / "train" / "bsd200").resolve()
+
+
+def make_system(channels: int, latent: int, seed: int):
+    import torch
+
+    from compressml.systems import LAESystem
+
+    torch.manual_seed(seed)
+    return LAESystem(net={"arch": "mean_scale", "channels": channels, "latent_channels": latent},
+                     g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.0067},
+                     optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4}, scheduler=None, log_images=0, real_bpp_images=0)
+
+
+class _StepTimer:
+    """Lightning callback: wall time from the start of step ``warmup`` to the end of the last step."""
+
+    def __init__(self, warmup: int):
+        from pytorch_lightning import Callback
+
+        outer = self
+
+        class Timer(Callback):
+            def on_train_batch_start(self, trainer, *args):
+                if trainer.global_step == outer.warmup:
+                    outer.start = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, *args):
+                outer.end = time.perf_counter()
+
+        self.warmup, self.start, self.end = warmup, None, None
+        self.callback = Timer()
+
+
+def lightning_images_per_s(system, datamodule, steps: int, warmup: int, device: str) -> float:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    timer = _StepTimer(warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pl.Trainer(accelerator=device, devices=1, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
+                             num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, logger=CSVLogger(tmp), log_every_n_steps=10, callbacks=[timer.callback])
+        trainer.fit(system, datamodule=datamodule)
+    return steps * datamodule.batch_size / (timer.end - timer.start)
+
+
+def bare_images_per_s(system, loader, steps: int, warmup: int, device: str) -> float:
+    import torch
+
+    system = system.to(device).train()
+    opt = system.configure_optimizers()["optimizer"]
+    main = system._main_parameters()
+    done, start = 0, None
+    while done < warmup + steps:
+        for x in loader:
+            if done == warmup:
+                start = time.perf_counter()
+            x = x.to(device)
+            terms = system.compute_losses(x)
+            (terms["loss"] + terms["aux_loss"]).backward()
+            torch.nn.utils.clip_grad_norm_(main, system.hparams.clip_max_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += 1
+            if done == warmup + steps:
+                break
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * loader.batch_size / (time.perf_counter() - start)
+
+
+def print_tables(results: dict) -> None:
+    print(f"\nTraining throughput, {results['settings']['model']} batch {results['settings']['batch']} "
+          f"crop {results['settings']['crop']} on {results['device']} ({results['settings']['steps']} timed steps, median of {len(results['rounds'])})")
+    print(f"{'':<12} {'images/s':>9}")
+    print(f"{'Lightning':<12} {results['lightning_images_per_s']:9.2f}")
+    print(f"{'bare loop':<12} {results['bare_images_per_s']:9.2f}")
+    print(f"ratio Lightning / bare: {results['ratio']:.3f} (target >= 0.95)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from compressml.data import ImageFolderDataModule
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--latent", type=int, default=96)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--train-root", type=Path, default=TRAIN)
+    p.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dm = ImageFolderDataModule(root=args.train_root, split="ratio", val_ratio=0.05, batch_size=args.batch, crop_size=args.crop,
+                               val_crop_size=args.crop, num_workers=args.workers, repeat=20)
+    dm.setup("fit")
+    base = make_system(args.channels, args.latent, seed=0)
+    rounds = []
+    for r in range(args.rounds):
+        order = ("lightning", "bare") if r % 2 == 0 else ("bare", "lightning")
+        row = {}
+        for side in order:
+            system = copy.deepcopy(base)
+            if side == "lightning":
+                row[side] = lightning_images_per_s(system, dm, args.steps, args.warmup, "gpu" if device == "cuda" else "cpu")
+            else:
+                row[side] = bare_images_per_s(system, dm.train_dataloader(), args.steps, args.warmup, device)
+        print(f"round {r + 1}: Lightning {row['lightning']:.2f}, bare {row['bare']:.2f} images/s", flush=True)
+        rounds.append(row)
+    lightning = statistics.median(r["lightning"] for r in rounds)
+    bare = statistics.median(r["bare"] for r in rounds)
+    results = {"benchmark": "train_throughput", "machine": machine_info(), "device": device,
+               "settings": {"model": f"mean_scale {args.channels}/{args.latent}", "batch": args.batch, "crop": args.crop,
+                            "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "data": str(args.train_root)},
+               "rounds": rounds, "lightning_images_per_s": lightning, "bare_images_per_s": bare, "ratio": lightning / bare}
+    return finish(results, args.out, print_tables, started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The premade models shipped in the package: registry, bundles, size, recipes, and the CLI that
+uses them with no download (compress/decompress defaults, -q, -m NAME, compressml models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compressml import premade
+from compressml.cli import main as cli
+from compressml.codec.bundle import load_bundle
+from conftest import CONF, compose_train, save_tiny_checkpoint, smooth_image
+
+SIZE_LIMIT = 25 * 1024 * 1024
+EVALUATION_SETS = ("kodak", "set5", "set14")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_registry_lists_every_family_within_the_size_limit():
+    models = premade.premade_models()
+    names = {m.name for m in models}
+    assert {"lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2", "red-x4"} <= names
+    assert [m.quality for m in premade.lae_family()] == [1, 2, 3, 4]
+    total = sum(p.stat().st_size for m in models for p in m.bundle.iterdir())
+    assert total <= SIZE_LIMIT
+    entries = json.loads(premade.REGISTRY.read_text())["models"]
+    assert len(entries) == len(models)  # every listed bundle is in the package
+
+
+@pytest.mark.parametrize("name", ["lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"])
+def test_bundles_load_as_float16_with_their_registered_fingerprint(name):
+    m = premade.find(name)
+    net, manifest = load_bundle(m.bundle)  # checks SHA-256 of the files and the fingerprint
+    assert manifest["dtype"] == "float16" and manifest["fingerprint"] == m.fingerprint
+    assert manifest["family"] == m.family
+    assert all(p.dtype != torch.float16 for p in net.parameters())  # computes in float32
+
+
+@pytest.mark.parametrize("name", ["lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2", "red-x4"])
+def test_each_model_records_its_recipe_training_and_figures(name, tmp_path):
+    m = premade.find(name)
+    for key in ("data", "steps", "wall_time_s", "device"):
+        assert m.training.get(key), key
+    assert m.measured.get("summary")
+    assert m.recipe.startswith("python train.py experiment=premade/")
+    experiment = m.recipe.split("experiment=")[1].split()[0]
+    assert (CONF / "experiment" / f"{experiment}.yaml").is_file()
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    assert "train" in str(cfg.data.root)
+    assert not any(s in str(cfg.data.root).lower() for s in EVALUATION_SETS)  # never the evaluation images
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(smooth_image(70, 90, seed=4)).save(path)
+    return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-10)))
+
+
+def test_compress_uses_the_premade_family_by_default(photo, tmp_path, capsys):
+    assert cli(["compress", str(photo)]) == 0
+    assert "premade lae-q3" in capsys.readouterr().out
+    cml = photo.with_suffix(".cml")
+    assert cml.is_file()
+    out = tmp_path / "back.png"
+    assert cli(["decompress", str(cml), "-o", str(out)]) == 0  # the model is found from the file
+    original, decoded = np.asarray(Image.open(photo)), np.asarray(Image.open(out))
+    assert decoded.shape == original.shape
+    assert psnr(decoded, original) > 25
+
+
+def test_quality_picks_the_rate(photo, tmp_path):
+    sizes = []
+    for q in (1, 4):
+        out = tmp_path / f"q{q}.cml"
+        assert cli(["compress", str(photo), "-q", str(q), "-o", str(out)]) == 0
+        sizes.append(out.stat().st_size)
+    assert sizes[0] < sizes[1]
+
+
+def test_bad_quality_and_foreign_files_are_one_line_errors(photo, tmp_path, capsys):
+    assert cli(["compress", str(photo), "-q", "9", "-o", str(tmp_path / "x.cml")]) == 2
+    assert "-q must be one of 1, 2, 3, 4" in capsys.readouterr().err
+    assert not (tmp_path / "x.cml").exists()
+    ckpt = save_tiny_checkpoint(tmp_path / "mine.ckpt")
+    assert cli(["compress", str(photo), "-m", str(ckpt), "-o", str(tmp_path / "mine.cml")]) == 0
+    capsys.readouterr()
+    assert cli(["decompress", str(tmp_path / "mine.cml"), "-o", str(tmp_path / "mine.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not a premade model's: give the model with -m" in err and len(err.strip().splitlines()) == 1
+
+
+def test_premade_names_work_with_m(photo, tmp_path):
+    cml, back = tmp_path / "l.cml", tmp_path / "l.png"
+    assert cli(["compress", str(photo), "-m", "mllae-lossless", "-o", str(cml)]) == 0
+    assert cli(["decompress", str(cml), "-m", "mllae-lossless", "-o", str(back)]) == 0
+    assert np.array_equal(np.asarray(Image.open(back)), np.asarray(Image.open(photo)))  # bit-exact
+    up = tmp_path / "up.png"
+    assert cli(["upscale", str(photo), "-m", "red-x2", "-o", str(up)]) == 0
+    assert Image.open(up).size == (180, 140)
+
+
+def test_models_command_lists_them(capsys):
+    assert cli(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"):
+        assert name in out
