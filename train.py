@@ -8,9 +8,13 @@ from compressml.errors import exit_on_user_error
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from compressml.distributed import multirun_job_config
     from compressml.training import train
 
-    summary = exit_on_user_error(train, cfg)
+    if multirun_job_config() is not None:  # a sweep job: Hydra records the error and the sweep goes on
+        summary = train(cfg)
+    else:
+        summary = exit_on_user_error(train, cfg)
     return summary["objective"]  # optimized_metric: what hparams_search sweepers optimise
 
 

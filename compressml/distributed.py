@@ -136,6 +136,16 @@ def _wait_for_children(trainer) -> None:
             continue
         if code:
             log.warning("DDP process %d (a rank > 0) exited with status %d after training", proc.pid, code)
+    _forget_children(trainer)
+
+
+def _forget_children(trainer) -> None:
+    """Empty the launcher's list of processes: Lightning's observer thread watches that list and
+    kills this process when one of them has exited with an error (it has ended, and is handled)."""
+    strategy = getattr(trainer, "strategy", None)
+    procs = getattr(getattr(strategy, "launcher", None), "procs", None)
+    if isinstance(procs, list):
+        procs.clear()
 
 
 def _stop_children(trainer) -> None:
@@ -145,6 +155,7 @@ def _stop_children(trainer) -> None:
             log.warning("stopping DDP process %d after a failure on rank 0", proc.pid)
             proc.kill()
             proc.wait()
+    _forget_children(trainer)
 
 
 @contextmanager

@@ -146,6 +146,8 @@ def sweep_models(sweep_dirs, curve: str | None) -> list:
         for j in jobs:
             if j.checkpoint is None:
                 print(f"sweep: job {j.number} ({j.label}) has no checkpoint; left out", flush=True)
+            elif not j.summary:
+                print(f"sweep: job {j.number} ({j.label}) did not finish; its latest checkpoint is used", flush=True)
         if not usable:
             raise DataError(f"sweep: no job of {d} left a checkpoint")
         prefix = f"{Path(d).name}:" if len(dirs) > 1 else ""
@@ -271,7 +273,7 @@ def log_report_to_wandb(report: dict, wandb_cfg: dict, group: str) -> str | None
     offline = wandb_cfg.get("offline")
     if offline is None:
         offline = not os.environ.get("WANDB_API_KEY")
-    run = wandb.init(project=wandb_cfg.get("project") or "compressml", group=group, job_type="sweep-report",
+    run = wandb.init(project=wandb_cfg.get("project") or "compressml", entity=wandb_cfg.get("entity"), group=group, job_type="sweep-report",
                      name=f"{group}-report", dir=report["sweep_dir"], mode="offline" if offline else "online",
                      config={"sweep_dir": report["sweep_dir"], "jobs": report["jobs"]})
     try:
@@ -308,19 +310,32 @@ class SweepReport(Callback):
 
         from compressml.loggers import sweep_group
 
+        from compressml.training import SUMMARY_FILE
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        if not sweep_dir.is_dir():
-            return
+        if not sweep_dir.is_dir() or not any((d / SUMMARY_FILE).is_file() for d in sweep_dir.iterdir() if d.is_dir()):
+            return  # not a training sweep (e.g. evaluate.py -m), or no job finished
         try:
             report = sweep_report(sweep_dir, config.get("data"), self.evaluate, self.codecs, self.max_images)
-            wandb_cfg = OmegaConf.select(config, "logger.wandb")
-            if self.wandb and wandb_cfg is not None:
-                plain = OmegaConf.to_container(wandb_cfg, resolve=False)
-                log_report_to_wandb(report, plain, sweep_group(sweep_dir, config.hydra.job.name))
-        except CompressMLError as e:
-            log.warning("sweep report: %s", e)
+            if self.wandb and OmegaConf.select(config, "logger.wandb") is not None:
+                wandb_cfg = {k: _select(config, f"logger.wandb.{k}") for k in ("project", "offline", "group", "entity")}
+                group = wandb_cfg.get("group") or sweep_group(sweep_dir, config.hydra.job.name)
+                log_report_to_wandb(report, wandb_cfg, group)
+        except Exception as e:  # the jobs' results stand whatever happens here
+            log.warning("sweep report not made (%s: %s); make it later with: python evaluate.py sweep=%s",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "", sweep_dir)
             return
         print_report_table(report)
+
+
+def _select(config, key: str):
+    """A config value resolved, or None where it cannot be (e.g. a ${hydra:...} of a job)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.select(config, key, default=None)
+    except Exception:  # an interpolation that only a job can resolve
+        return None
 
 
 def print_report_table(report: dict) -> None:
@@ -330,7 +345,11 @@ def print_report_table(report: dict) -> None:
     table = Table(title=f"sweep {report['sweep_dir']}: best validation per job", header_style="bold")
     for col in ("job", "overrides", "bpp", "PSNR dB", "MS-SSIM", "objective"):
         table.add_column(col, justify="left" if col == "overrides" else "right")
-    fmt = lambda v, f: "-" if v is None else format(v, f)
+    def fmt(v, f):
+        if isinstance(v, (list, tuple)):  # a multi-objective search
+            return ", ".join(fmt(x, f) for x in v)
+        return "-" if v is None else format(v, f)
+
     for r in report["table"]:
         table.add_row(str(r["job"]), r["label"], fmt(r["bpp"], ".4f"), fmt(r["psnr"], ".2f"), fmt(r["ms_ssim"], ".4f"), fmt(r["objective"], ".4f"))
     console = Console(width=max(Console().width, 110))

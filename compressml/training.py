@@ -106,9 +106,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
 
     summary = make_summary(trainer, model, datamodule, loggers, time.time() - started)
-    summary["objective"] = objective(plain(cfg.get("optimized_metric")), summary)
-    if trainer.is_global_zero:
-        write_summary(Path(cfg.paths.output_dir) / SUMMARY_FILE, summary, cfg)
+    summary["objective"] = None
+    try:
+        summary["objective"] = objective(plain(cfg.get("optimized_metric")), summary)
+    finally:  # the run's summary is kept even when its objective is wrongly named
+        if trainer.is_global_zero:
+            write_summary(Path(cfg.paths.output_dir) / SUMMARY_FILE, summary, cfg)
     finish_loggers(loggers, summary)
     print_summary(summary)
     return summary

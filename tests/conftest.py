@@ -53,6 +53,17 @@ def image_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread is fastest, and steadier on a busy machine (``usefixtures``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -20,12 +20,7 @@ SIZE_LIMIT = 25 * 1024 * 1024
 EVALUATION_SETS = ("kodak", "set5", "set14")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_lists_every_family_within_the_size_limit():

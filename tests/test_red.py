@@ -23,13 +23,7 @@ from compressml.systems import REDSystem, load_system, save_checkpoint
 from compressml.upscale import Upscaler, upscale_tensor
 from conftest import TINY, compose_train, smooth_image
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread is fastest, and steadier on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ARCHS = ("espcn", "fsrcnn", "edsr")

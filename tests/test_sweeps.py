@@ -241,3 +241,14 @@ def test_slurm_launcher_config_reaches_sbatch(tmp_path):
                  "--time=90", "--array=0-3%"):
         assert f"#SBATCH {line}" in script, line
     assert "srun" in script and "submitit.core._submit" in script
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_others(tmp_path, image_folder):
+    sweep = tmp_path / "sweep"
+    r = run_train(["-m", *TINY_SWEEP, f"data.root={image_folder}", "logger=none", "g.lmbda=-1,0.01",
+                   f"hydra.sweep.dir={sweep}"])
+    assert r.returncode != 0  # the sweep reports the failed job ...
+    assert "g.lmbda must be > 0" in r.stderr + r.stdout
+    assert not (sweep / "0" / "summary.json").exists()
+    assert json.loads((sweep / "1" / "summary.json").read_text())["objective"] is not None  # ... after running the rest
