@@ -33,15 +33,15 @@ LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
 
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
-    "lae-q1": dict(family="lae", quality=1, source="/tmp/premade/lae_q1/checkpoints/last.ckpt", data=BSD200,
+    "lae-q1": dict(family="lae", quality=1, source="/tmp/premade/lae_q1/checkpoints/best.ckpt", data=BSD200,
                    recipe=f"python train.py experiment=premade/lae_q1 {LAE_FINE_TUNE}",
                    description="mean-scale hyperprior 64/96, lambda 0.0018 (smallest files)"),
-    "lae-q2": dict(family="lae", quality=2, source="/tmp/premade/lae_q2/checkpoints/last.ckpt", data=BSD200,
+    "lae-q2": dict(family="lae", quality=2, source="/tmp/premade/lae_q2/checkpoints/best.ckpt", data=BSD200,
                    recipe="python train.py experiment=premade/lae_q2", description="mean-scale hyperprior 64/96, lambda 0.0067"),
-    "lae-q3": dict(family="lae", quality=3, source="/tmp/premade/lae_q3/checkpoints/last.ckpt", data=BSD200,
+    "lae-q3": dict(family="lae", quality=3, source="/tmp/premade/lae_q3/checkpoints/best.ckpt", data=BSD200,
                    recipe=f"python train.py experiment=premade/lae_q3 {LAE_FINE_TUNE}",
                    description="mean-scale hyperprior 64/96, lambda 0.025 (the default of compressml compress)"),
-    "lae-q4": dict(family="lae", quality=4, source="/tmp/premade/lae_q4/checkpoints/last.ckpt", data=BSD200,
+    "lae-q4": dict(family="lae", quality=4, source="/tmp/premade/lae_q4/checkpoints/best.ckpt", data=BSD200,
                    recipe=f"python train.py experiment=premade/lae_q4 {LAE_FINE_TUNE}",
                    description="mean-scale hyperprior 64/96, lambda 0.07 (best quality)"),
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
