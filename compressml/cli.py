@@ -56,6 +56,8 @@ def _decompress(args: argparse.Namespace) -> int:
     jobs = _outputs(expand_inputs(args.inputs, (".cml",)), args.output, "." + args.format)
     _refuse_existing([dst for _, dst in jobs], args.force)
     models = {}  # one codec per model, loaded once
+    if args.base is not None and args.model is None:
+        raise CompressMLError("--base needs -m RED_MODEL (the hybrid files' upscaler)")
     if args.model is not None:
         models[None] = load_codec(_model_path(args.model), _model_path(args.base) if args.base else None)
     for src, dst in jobs:

@@ -100,6 +100,10 @@ def test_bad_quality_and_foreign_files_are_one_line_errors(photo, tmp_path, caps
     assert cli(["decompress", str(tmp_path / "mine.cml"), "-o", str(tmp_path / "mine.png")]) == 2
     err = capsys.readouterr().err
     assert "not a premade model's: give the model with -m" in err and len(err.strip().splitlines()) == 1
+    for command, target in (("compress", str(photo)), ("decompress", str(tmp_path / "mine.cml"))):
+        assert cli([command, target, "--base", "webp", "-o", str(tmp_path / "never")]) == 2
+        assert "--base needs -m" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_premade_names_work_with_m(photo, tmp_path):
