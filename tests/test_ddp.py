@@ -150,19 +150,21 @@ def test_ddp_sim_trains_on_two_processes_and_writes_one_checkpoint(image_folder,
 
 @pytest.mark.slow
 def test_ddp_sim_in_a_multirun_job(image_folder, tmp_path, monkeypatch):
-    run_ddp_train(tmp_path, image_folder, monkeypatch, "g.target_bpp=0.3", "hydra.callbacks.sweep_report.evaluate=false",
+    # two jobs in one process: the second starts its own processes after the first one's clean-up
+    run_ddp_train(tmp_path, image_folder, monkeypatch, "g.target_bpp=0.3,0.5", "hydra.callbacks.sweep_report.evaluate=false",
                   multirun=True)
     logs = tmp_path / "logs" / "train"
     assert not (logs / "runs").exists()  # rank 1 ran the job in its folder, not a run of its own
     sweeps = list((logs / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps
-    jobs = [p for p in sweeps[0].iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert [j.name for j in jobs] == ["0"]  # one job: rank 1 did not sweep again
-    assert_one_job_folder(jobs[0])
-    rank0, rank1 = load_rank_states(tmp_path)
+    jobs = sorted((p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: p.name)
+    assert [j.name for j in jobs] == ["0", "1"]  # rank 1 did not sweep again
+    for job, target in zip(jobs, (0.3, 0.5)):
+        assert_one_job_folder(job)
+        ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert ckpt["hyper_parameters"]["g"]["target_bpp"] == target  # the job's own override reached the ranks
+    rank0, rank1 = load_rank_states(tmp_path)  # of the second job
     assert rank0["multiplier"] == rank1["multiplier"]
-    ckpt = torch.load(jobs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["g"]["target_bpp"] == 0.3  # the job's own override reached the ranks
 
 
 def test_multirun_job_children_run_that_job_in_its_folder(tmp_path, monkeypatch):
