@@ -136,23 +136,26 @@ def sweep_jobs(sweep_dir: str | Path) -> list[SweepJob]:
 def sweep_models(sweep_dirs, curve: str | None) -> list:
     """``evaluate.py sweep=DIR`` (or a list of DIRs): one :class:`~compressml.evaluation.LearnedModel`
     per job with a checkpoint, named by the job's distinguishing overrides."""
-    from compressml.evaluation import LearnedModel
-
     dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else list(sweep_dirs or [])
     models = []
     for d in dirs:
-        jobs = sweep_jobs(d)
-        usable = [j for j in jobs if j.checkpoint is not None]
-        for j in jobs:
-            if j.checkpoint is None:
-                print(f"sweep: job {j.number} ({j.label}) has no checkpoint; left out", flush=True)
-            elif not j.summary:
-                print(f"sweep: job {j.number} ({j.label}) did not finish; its latest checkpoint is used", flush=True)
-        if not usable:
-            raise DataError(f"sweep: no job of {d} left a checkpoint")
-        prefix = f"{Path(d).name}:" if len(dirs) > 1 else ""
-        models += [LearnedModel(j.checkpoint, f"{prefix}{j.label}", curve) for j in usable]
+        models += jobs_as_models(sweep_jobs(d), curve, prefix=f"{Path(d).name}:" if len(dirs) > 1 else "")
     return models
+
+
+def jobs_as_models(jobs: list[SweepJob], curve: str | None, prefix: str = "") -> list:
+    """The jobs that left a checkpoint as points of a learned curve (the others are named and left out)."""
+    from compressml.evaluation import LearnedModel
+
+    for j in jobs:
+        if j.checkpoint is None:
+            print(f"sweep: job {j.number} ({j.label}) has no checkpoint; left out", flush=True)
+        elif not j.summary:
+            print(f"sweep: job {j.number} ({j.label}) did not finish; its latest checkpoint is used", flush=True)
+    usable = [j for j in jobs if j.checkpoint is not None]
+    if not usable:
+        raise DataError(f"sweep: no job of {jobs[0].directory.parent} left a checkpoint")
+    return [LearnedModel(j.checkpoint, f"{prefix}{j.label}", curve) for j in usable]
 
 
 # -- the report a sweep ends with --------------------------------------------------------------
@@ -236,20 +239,21 @@ def sweep_report(sweep_dir: str | Path, data=None, evaluate: bool = True, codecs
     _write_csv(rows, root / REPORT_CSV)
     _plot_validation(rows, root / REPORT_PLOT, f"{root.name}: best validation of each job")
     if evaluate and data is not None:
-        report["evaluation"] = _evaluate_sweep(root, data, list(codecs), max_images, label)
+        report["evaluation"] = _evaluate_sweep(root, jobs, data, list(codecs), max_images, label)
     text = json.dumps(report, indent=1, default=str)
     atomic_write(root / REPORT_JSON, lambda tmp: tmp.write_text(text), force=True)
     return report
 
 
-def _evaluate_sweep(root: Path, data, codecs: list[str], max_images: int | None, label: str | None) -> dict | None:
+def _evaluate_sweep(root: Path, jobs: list[SweepJob], data, codecs: list[str], max_images: int | None,
+                    label: str | None) -> dict | None:
     """Every job's checkpoint through real files on ``data``'s held-out images, against ``codecs``."""
     from compressml.baselines import available_codecs
     from compressml.evaluation import evaluation_images, run_evaluation
     from compressml.systems.loading import model_family
     from compressml.training import instantiate
 
-    models = sweep_models(root, label)
+    models = jobs_as_models(jobs, label)
     families = {model_family(m.path) for m in models}
     if not families <= {"lae", "mllae"}:
         log.info("sweep report: %s models are not evaluated as codecs", ", ".join(sorted(families)))

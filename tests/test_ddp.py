@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF, ROOT, run_cli
+from conftest import CONF, ROOT, TINY, run_cli
 
 TESTS = Path(__file__).resolve().parent
 
@@ -34,12 +34,7 @@ TINY_DDP = [
     "data=folder",
     "data.val_ratio=0.34",
     "data.repeat=3",
-    "data.crop_size=64",
-    "data.val_crop_size=64",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "model.net.channels=8",
-    "model.net.latent_channels=8",
+    *(t for t in TINY if t.startswith(("data.", "model."))),  # tiny crops, batch and model
     "g=rate_target",
 ]
 
