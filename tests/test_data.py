@@ -192,3 +192,30 @@ def test_single_image_folder_says_why(tmp_path):
     Image.fromarray(smooth_image(20, 20)).save(tmp_path / "a.png")
     with pytest.raises(DataError, match="cannot be split"):
         ImageFolderDataModule(tmp_path).setup("fit")
+
+
+def test_cache_keeps_images_in_memory_and_gives_the_same_crops(image_folder, tmp_path):
+    plain = ImageFolderDataModule(image_folder, val_ratio=0.2, crop_size=32, val_crop_size=48, batch_size=4)
+    cached = ImageFolderDataModule(image_folder, val_ratio=0.2, crop_size=32, val_crop_size=48, batch_size=4, cache=True)
+    plain.setup("fit")
+    cached.setup("fit")
+    assert all(item.cached is not None and item.cached.dtype == torch.uint8 for item in cached.train_items)
+    for item, same in zip(plain.train_items, cached.train_items):
+        assert torch.equal(item.load(), same.load())
+    for a, b in [(plain.train_dataloader(), cached.train_dataloader()), (plain.val_dataloader(), cached.val_dataloader())]:
+        torch.manual_seed(3)
+        first = [batch for batch in a]
+        torch.manual_seed(3)
+        second = [batch for batch in b]
+        assert all(torch.equal(p, c) for p, c in zip(first, second))
+        assert first[0].dtype == second[0].dtype == torch.float32
+    # 16-bit images are kept in float (uint8 would lose precision); small ones are padded
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    for i in range(2):
+        Image.fromarray((np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 97 + i)).save(deep / f"d{i}.png")
+    dm = ImageFolderDataModule(deep, val_ratio=0.5, crop_size=32, batch_size=1, cache=True)
+    dm.setup("fit")
+    assert dm.train_items[0].cached.dtype == torch.float32
+    assert torch.equal(dm.train_items[0].load(), load_image(dm.train_items[0].path))
+    assert next(iter(dm.train_dataloader())).shape == (1, 3, 32, 32)

@@ -60,3 +60,67 @@ def test_load_coding_state_resizes_cdf_buffers():
     x = torch.rand(1, 3, 64, 64)
     a, b = compress(trained, x), compress(fresh, x)
     assert a.strings == b.strings
+
+
+ARCHS = ["factorized", "hyperprior", "mean_scale"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_is_compressai_forward(arch):
+    """quantization="noise" in float32 is CompressAI's own forward, noise draw for noise draw."""
+    torch.manual_seed(0)
+    model = build_lae(arch, channels=8, latent_channels=12)
+    x = torch.rand(2, 3, 64, 64)
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(1)
+        ours = forward_padded(model, x)
+        torch.manual_seed(1)
+        theirs = model(x)
+        assert torch.allclose(ours["x_hat"], theirs["x_hat"], atol=1e-6)
+        for name, likelihoods in theirs["likelihoods"].items():
+            assert torch.allclose(ours["likelihoods"][name], likelihoods, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ste_decodes_rounded_latents_and_passes_gradients(arch):
+    """Training with quantization="ste": the decoder sees exactly what it sees at coding time
+    (the eval forward's reconstruction), the rate still sees noise, and gradients reach the encoder."""
+    torch.manual_seed(0)
+    model = build_lae(arch, channels=8, latent_channels=12)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        coded = forward_padded(model.eval(), x)
+    model.train()
+    out = forward_padded(model, x, "ste")
+    assert torch.allclose(out["x_hat"], coded["x_hat"], atol=1e-5)
+    assert not torch.allclose(out["likelihoods"]["y"], coded["likelihoods"]["y"])  # noise, not rounding
+    torch.mean((out["x_hat"] - x) ** 2).backward()
+    assert model.g_a[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="quantization"):
+        forward_padded(model, x, "round")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mixed_precision_keeps_entropy_models_in_float32(arch):
+    """Under bf16 autocast the transforms run in bf16 but the likelihoods are float32 and
+    close to the float32 forward's; real coding inside autocast is the float32 codec."""
+    torch.manual_seed(0)
+    model = build_lae(arch, channels=8, latent_channels=12).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        exact = forward_padded(model, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = forward_padded(model, x)
+    assert mixed["x_hat"].dtype == torch.float32
+    for name, likelihoods in exact["likelihoods"].items():
+        assert mixed["likelihoods"][name].dtype == torch.float32
+        bits, mixed_bits = -torch.log2(likelihoods).sum(), -torch.log2(mixed["likelihoods"][name]).sum()
+        assert abs(mixed_bits - bits) <= 0.05 * bits + 8
+    model.update(force=True)
+    payload = compress(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = compress(model, x)
+        decoded = decompress(model, inside)
+    assert inside.strings == payload.strings
+    assert torch.equal(decoded, decompress(model, payload))

@@ -44,9 +44,12 @@ def test_main_loss_never_reaches_quantiles_and_aux_only_them():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in system._aux_parameters())
 
 
-@pytest.mark.parametrize("arch", ["factorized", "mean_scale"])
-def test_loss_falls_on_a_fixed_batch(arch):
-    system = tiny_system(arch, optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
+@pytest.mark.parametrize(
+    "arch, options",
+    [("factorized", {}), ("mean_scale", {}), ("mean_scale", {"quantization": "ste", "channels_last": True})],
+)
+def test_loss_falls_on_a_fixed_batch(arch, options):
+    system = tiny_system(arch, optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3}, **options)
     opt = system.configure_optimizers()["optimizer"]
     batch = fixed_batch()
     losses, psnrs = [], []
@@ -106,3 +109,8 @@ def test_init_from_copies_weights_and_refuses_other_models(tmp_path):
         init_weights(tiny_system("hyperprior"), path)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         init_weights(system, tmp_path / "missing.ckpt")
+
+
+def test_bad_quantization_is_a_config_error():
+    with pytest.raises(ConfigError, match="quantization"):
+        tiny_system(quantization="round")

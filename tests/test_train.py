@@ -49,6 +49,31 @@ def test_checkpoint_reload_codes_like_the_forward_pass(image_folder, tmp_path):
     assert torch.allclose(decoded, expected, atol=1e-4)
 
 
+def test_fast_cpu_recipe_trains_and_its_checkpoint_codes_and_exports(image_folder, tmp_path):
+    """The premade recipes' training options: bf16 mixed precision, straight-through rounding,
+    channels-last and cached images. The checkpoint is float32, contiguous, and codes and exports."""
+    from compressml.export import export_bundle, load_bundle
+
+    summary = run(
+        ["model=lae/mean_scale", "data=folder", f"data.root={image_folder}", "data.cache=true",
+         "trainer.precision=bf16-mixed", "model.quantization=ste", "model.channels_last=true"],
+        tmp_path,
+    )
+    assert summary["global_step"] == 3 and "val/bpp_real" in summary["best"]
+    state = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in state.values())
+    assert all(v.dtype != torch.bfloat16 for v in state.values())
+    system = load_lae(summary["last_checkpoint"])
+    assert system.hparams.quantization == "ste"
+    x = load_image(image_folder / "img3.png")[None, :, :45, :71]
+    with torch.no_grad():
+        expected = forward_padded(system.net.eval(), x)["x_hat"].clamp(0, 1)
+    assert torch.allclose(decompress(system.net, compress(system.net, x)), expected, atol=1e-4)
+    export_bundle(summary["last_checkpoint"], tmp_path / "bundle", onnx=False, torchscript=False)
+    model, _ = load_bundle(tmp_path / "bundle")
+    assert torch.allclose(decompress(model, compress(model, x)), expected, atol=1e-4)
+
+
 def test_corrupt_images_are_counted_in_the_summary(image_folder, tmp_path):
     (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     summary = run(["data=folder", f"data.root={image_folder}"], tmp_path)

@@ -14,7 +14,7 @@ import abc
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +36,30 @@ class ImageItem:
     name: str
     path: Path | None = None
     array: np.ndarray | None = None
+    # the decoded image kept in memory (data.cache): uint8 (3, H, W) for 8-bit images
+    cached: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def load(self) -> torch.Tensor:
+        if self.cached is not None:
+            return to_float(self.cached)
         return load_image(self.path) if self.path is not None else array_to_tensor(self.array)
+
+    def load_raw(self) -> torch.Tensor:
+        """The cached tensor as kept (uint8 for 8-bit images: crop it before :func:`to_float`),
+        else :meth:`load`."""
+        return self.cached if self.cached is not None else self.load()
+
+    def with_cache(self) -> ImageItem:
+        """This item with its decoded pixels kept in memory, as uint8 whenever that is exact."""
+        x = self.load()
+        as_bytes = (x * 255).round_().to(torch.uint8)
+        exact = torch.equal(as_bytes.float().div_(255), x)
+        return replace(self, cached=as_bytes if exact else x)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """A cached image (uint8 or float) as float in [0, 1]."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 def fit_crop(x: torch.Tensor, size: int | None, rng: random.Random | None = None) -> torch.Tensor:
@@ -78,22 +99,25 @@ class ImageDataset(Dataset):
         return len(self.items) * self.repeat
 
     def _load(self, index: int) -> torch.Tensor:
+        """The image at ``index``: float in [0, 1], or uint8 when cached so (see ``to_float``)."""
         # Files were all decoded once at set-up; should one change on disk since,
         # warn and fall back to the next readable image rather than end the epoch.
         for offset in range(len(self.items)):
             item = self.items[(index + offset) % len(self.items)]
             try:
-                return item.load()
+                return item.load_raw()
             except DataError as e:
                 log.warning("skipping unreadable image: %s", e)
         raise DataError("every image of the dataset became unreadable")
 
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = self._load(index % len(self.items))
+        if self.crop_size is not None and min(x.shape[-2:]) < self.crop_size:
+            x = to_float(x)  # padded in float (replicate padding)
         if not self.train:
-            return self._pair(fit_crop(x, self.crop_size))
+            return self._pair(to_float(fit_crop(x, self.crop_size)))
         rng = random.Random(torch.randint(0, 2**31, ()).item())
-        x = fit_crop(x, self.crop_size, rng)
+        x = to_float(fit_crop(x, self.crop_size, rng))
         if rng.random() < 0.5:
             x = x.flip(-1)
         return self._pair(x)
@@ -125,6 +149,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         repeat: int = 1,
         verify: bool = True,
         pin_memory: bool = False,
+        cache: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
@@ -147,6 +172,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self.pair_scale: int | None = None
         self.verify = verify
         self.pin_memory = pin_memory
+        self.cache = cache
         self.skipped: list[tuple[str, str]] = []
         self._verified: set[str] = set()
         self.train_items: list[ImageItem] = []
@@ -167,8 +193,9 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         if self._ready:
             return
         train, val = self.collect()
-        self.train_items = self._readable(train)
-        self.val_items = self._readable(val)
+        # caching decodes every image anyway, which verifies it
+        keep = self._cached if self.cache else self._readable
+        self.train_items, self.val_items = keep(train), keep(val)
         if stage in (None, "fit") and not self.train_items:
             raise DataError(f"{self.description}: no readable training images")
         if stage in (None, "fit", "validate") and not self.val_items:
@@ -197,6 +224,17 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             else:
                 self._verified.add(item.name)
                 kept.append(item)
+        return kept
+
+    def _cached(self, items: list[ImageItem]) -> list[ImageItem]:
+        """Decode every image once and keep it in memory (unreadable ones are skipped)."""
+        kept = []
+        for item in items:
+            try:
+                kept.append(item.with_cache())
+            except DataError as e:
+                log.warning("skipping unreadable image: %s", e)
+                self.skipped.append((item.name, str(e)))
         return kept
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:

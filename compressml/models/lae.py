@@ -65,10 +65,68 @@ class LAEPayload:
         return sum(len(s) for group in self.strings for s in group)
 
 
-def forward_padded(model: CompressionModel, x: torch.Tensor) -> dict:
-    """``model(x)`` for any H, W: pads, runs, crops ``x_hat`` back (likelihoods stay padded)."""
+QUANTIZATIONS = ("noise", "ste")
+
+
+def _ste_round(x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """round(x - offset) + offset forward, identity backward (straight-through)."""
+    if offset is not None:
+        return _ste_round(x - offset) + offset
+    return x + (torch.round(x) - x).detach()
+
+
+def _full_precision(x: torch.Tensor):
+    """A context with autocast off on ``x``'s device: the entropy models run in float32."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dict:
+    """CompressAI's forward of the three reference architectures, with two changes.
+
+    1. The entropy models always run in float32. Under mixed precision (``bf16-mixed``,
+       ``16-mixed``) CompressAI's forward computes a likelihood as the difference of two
+       nearly equal CDF values in half precision, which loses most of its digits; the
+       transforms (the convolutions, where the time goes) keep the lower precision.
+    2. ``quantization="ste"`` (training only): the likelihoods still see additive uniform
+       noise, but the decoders get the latents rounded as at coding time (around the
+       predicted means, or the bottleneck medians), with a straight-through gradient:
+       the "mixed" quantization of Minnen & Singh (2020), which removes the train/test
+       mismatch of noise. ``"noise"`` is CompressAI's own behaviour.
+    The state dict and the coded format are CompressAI's, unchanged.
+    """
+    if type(model) not in (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior):
+        return model(x)  # another CompressAI model: its own forward
+    ste = quantization == "ste" and model.training
+    y = model.g_a(x).float()
+    if isinstance(model, FactorizedPrior):
+        with _full_precision(y):
+            y_hat, y_likelihoods = model.entropy_bottleneck(y)
+        if ste:
+            y_hat = _ste_round(y, model.entropy_bottleneck._get_medians())
+        return {"x_hat": model.g_s(y_hat).float(), "likelihoods": {"y": y_likelihoods}}
+
+    mean_scale = isinstance(model, MeanScaleHyperprior)
+    z = model.h_a(y if mean_scale else torch.abs(y)).float()
+    with _full_precision(z):
+        z_hat, z_likelihoods = model.entropy_bottleneck(z)
+    if ste:
+        z_hat = _ste_round(z, model.entropy_bottleneck._get_medians())
+    params = model.h_s(z_hat).float()
+    scales, means = params.chunk(2, 1) if mean_scale else (params, None)
+    with _full_precision(y):
+        y_hat, y_likelihoods = model.gaussian_conditional(y, scales, means=means)
+    if ste:
+        y_hat = _ste_round(y, means)
+    return {"x_hat": model.g_s(y_hat).float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
+def forward_padded(model: CompressionModel, x: torch.Tensor, quantization: str = "noise") -> dict:
+    """The model's forward (see :func:`_forward`) for any H, W: pads, runs, crops ``x_hat``
+    back (likelihoods stay padded)."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
     padded, size = pad_to_multiple(x, stride_of(model))
-    out = model(padded)
+    out = _forward(model, padded, quantization)
     out["x_hat"] = crop_to(out["x_hat"], size)
     return out
 
@@ -76,15 +134,18 @@ def forward_padded(model: CompressionModel, x: torch.Tensor) -> dict:
 @torch.no_grad()
 def compress(model: CompressionModel, x: torch.Tensor) -> LAEPayload:
     """Entropy-code a batch (N, 3, H, W) through the rANS coder. The model must be updated."""
-    padded, size = pad_to_multiple(x, stride_of(model))
-    out = model.compress(padded)
+    padded, size = pad_to_multiple(x.float(), stride_of(model))
+    with _full_precision(padded):  # the codec is float32 even inside a mixed-precision step
+        out = model.compress(padded)
     return LAEPayload(strings=out["strings"], shape=tuple(out["shape"]), size=size)
 
 
 @torch.no_grad()
 def decompress(model: CompressionModel, payload: LAEPayload) -> torch.Tensor:
     """Inverse of :func:`compress`: the reconstruction, cropped to the original size, clamped to [0, 1]."""
-    out = model.decompress(payload.strings, payload.shape)
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, enabled=False):
+        out = model.decompress(payload.strings, payload.shape)
     return crop_to(out["x_hat"], payload.size).clamp_(0, 1)
 
 

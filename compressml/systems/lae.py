@@ -23,7 +23,7 @@ import torch
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
 from compressml.g import check_g, evaluate_g
-from compressml.models.lae import build_lae, compress, decompress, forward_padded, load_coding_state
+from compressml.models.lae import QUANTIZATIONS, build_lae, compress, decompress, forward_padded, load_coding_state
 from compressml.systems.base import CodecSystem, instantiate_spec, plain
 
 __all__ = ["FAMILY", "LAESystem", "instantiate_spec", "load_lae", "plain"]
@@ -44,6 +44,11 @@ class LAESystem(CodecSystem):
         clip_max_norm: gradient-norm clipping of the main parameters (0 or None: off).
         real_bpp_images: validation images coded for real through rANS each validation epoch.
         log_images: images in the before/after panel logged each validation epoch (0: none).
+        quantization: how training stands in for rounding: ``noise`` (CompressAI's) or ``ste``
+            (noise for the rate, rounding with a straight-through gradient for the decoders);
+            see :func:`compressml.models.lae._forward`.
+        channels_last: keep the network and its inputs in channels-last memory order while
+            training (faster convolutions on CPU and on GPUs with tensor cores; same results).
     """
 
     family = FAMILY
@@ -58,6 +63,8 @@ class LAESystem(CodecSystem):
         clip_max_norm: float | None = 1.0,
         real_bpp_images: int = 2,
         log_images: int = 2,
+        quantization: str = "noise",
+        channels_last: bool = False,
         family: str = FAMILY,
     ):
         super().__init__()
@@ -65,6 +72,8 @@ class LAESystem(CodecSystem):
             raise CheckpointError(f"this is a {family!r} model, not an LAE")
         net, g, optimizer, scheduler = plain(net), plain(g), plain(optimizer), plain(scheduler)
         optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-4}
+        if quantization not in QUANTIZATIONS:
+            raise ConfigError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
         if aux_lr <= 0:
             raise ConfigError(f"model.aux_lr must be > 0, got {aux_lr}")
         self.save_hyperparameters(
@@ -78,9 +87,13 @@ class LAESystem(CodecSystem):
                 "clip_max_norm": clip_max_norm,
                 "real_bpp_images": real_bpp_images,
                 "log_images": log_images,
+                "quantization": quantization,
+                "channels_last": bool(channels_last),
             }
         )
         self.net = build_lae(**net)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.g = check_g(instantiate_spec(g, "g") if isinstance(g, Mapping) else g)
         self._real_left = 0
 
@@ -103,7 +116,9 @@ class LAESystem(CodecSystem):
 
     def compute_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward pass and every term that is optimised or logged."""
-        out = forward_padded(self.net, x)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = forward_padded(self.net, x, self.hparams.quantization)
         x_hat = out["x_hat"]
         n, _, h, w = x.shape
         bpp = metrics.bpp_from_likelihoods(out["likelihoods"], n * h * w)
@@ -144,7 +159,8 @@ class LAESystem(CodecSystem):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("net.")]:
             del state[key]
-        state.update({f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()})
+        # contiguous copies whatever the training memory order (safetensors export needs them)
+        state.update({f"net.{k}": v.detach().clone(memory_format=torch.contiguous_format) for k, v in self.net.state_dict().items()})
         super().on_save_checkpoint(checkpoint)
         if hasattr(self.g, "state_dict"):  # e.g. an adapted Lagrange multiplier: resumes where it was
             checkpoint["compressml"]["g_state"] = self.g.state_dict()
