@@ -30,18 +30,21 @@ SET5 = (ROOT / ".." / "shared" / "data" / "set5" / "HR").resolve()
 BSD200 = "../shared/data/train/bsd200 (the 200 BSDS500 training photos)"
 SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
 LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
+# where the premade LAE recipes were run (hydra.run.dir=/tmp/premade2/lae_qN); the last checkpoint,
+# at the end of the learning-rate schedule, is shipped
+LAE_RUNS = "/tmp/premade2"
 
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
-    "lae-q1": dict(family="lae", quality=1, source="/tmp/premade/lae_q1/checkpoints/best.ckpt", data=BSD200,
+    "lae-q1": dict(family="lae", quality=1, source=f"{LAE_RUNS}/lae_q1/checkpoints/last.ckpt", data=BSD200,
                    recipe=f"python train.py experiment=premade/lae_q1 {LAE_FINE_TUNE}",
                    description="mean-scale hyperprior 64/96, lambda 0.0018 (smallest files)"),
-    "lae-q2": dict(family="lae", quality=2, source="/tmp/premade/lae_q2/checkpoints/best.ckpt", data=BSD200,
+    "lae-q2": dict(family="lae", quality=2, source=f"{LAE_RUNS}/lae_q2/checkpoints/last.ckpt", data=BSD200,
                    recipe="python train.py experiment=premade/lae_q2", description="mean-scale hyperprior 64/96, lambda 0.0067"),
-    "lae-q3": dict(family="lae", quality=3, source="/tmp/premade/lae_q3/checkpoints/best.ckpt", data=BSD200,
+    "lae-q3": dict(family="lae", quality=3, source=f"{LAE_RUNS}/lae_q3/checkpoints/last.ckpt", data=BSD200,
                    recipe=f"python train.py experiment=premade/lae_q3 {LAE_FINE_TUNE}",
                    description="mean-scale hyperprior 64/96, lambda 0.025 (the default of compressml compress)"),
-    "lae-q4": dict(family="lae", quality=4, source="/tmp/premade/lae_q4/checkpoints/best.ckpt", data=BSD200,
+    "lae-q4": dict(family="lae", quality=4, source=f"{LAE_RUNS}/lae_q4/checkpoints/last.ckpt", data=BSD200,
                    recipe=f"python train.py experiment=premade/lae_q4 {LAE_FINE_TUNE}",
                    description="mean-scale hyperprior 64/96, lambda 0.07 (best quality)"),
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
@@ -61,6 +64,9 @@ def training_record(checkpoint: Path, data: str, device: str) -> dict:
     timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
     elapsed = (timer.get("time_elapsed") or {})
     seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
+    run_summary = checkpoint.parent.parent / "summary.json"  # the run's own record (runs without max_time have no Timer)
+    if seconds is None and run_summary.is_file():
+        seconds = json.loads(run_summary.read_text()).get("seconds")
     return {"data": data, "steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None,
             "device": device}
 

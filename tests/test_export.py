@@ -490,3 +490,19 @@ def test_float16_bundle_halves_the_weights_and_codes_like_itself(checkpoints, bu
     assert np.abs(decoded - expected).max() <= 1.5
     with pytest.raises(ConfigError, match="dtype"):
         export_bundle(ckpt, tmp_path / "bad", dtype="int8")
+
+
+@pytest.mark.parametrize("bundle, key", [("lae-q1", "channels"), ("lae-q1", "latent_channels"),
+                                         ("mllae-lossless", "channels"), ("mllae-lossless", "block"),
+                                         ("mllae-lossless", "residual_channels")])
+@pytest.mark.parametrize("value", [10**6, 0, "64", True])
+def test_manifest_sizes_are_bounded_before_any_network_is_built(bundle, key, value):
+    """A crafted manifest cannot make the loader allocate a network of any size (or a wrong type)."""
+    from compressml.codec.bundle import read_manifest, validate_manifest
+    from compressml.premade import HERE
+
+    _, manifest = read_manifest(HERE / bundle)
+    manifest["net"][key] = value
+    with pytest.raises(BundleError, match=f"net.{key} must be an integer in 1..") as exc:
+        validate_manifest(manifest, "crafted")
+    assert "\n" not in str(exc.value)

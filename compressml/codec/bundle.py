@@ -107,6 +107,20 @@ def _validate_mllae(manifest: dict, bad) -> None:
         raise bad(f"net must hold exactly {', '.join(NET_KEYS)}")
     if manifest.get("entropy") not in ENTROPY_STAGES:
         raise bad(f"entropy must be one of {', '.join(ENTROPY_STAGES)}")
+    _check_sizes(net, MLLAE_LIMITS, bad)
+
+
+# Upper bounds of a bundle's size fields: a crafted manifest must not make the loader build
+# (allocate) a network of any size before the weights are checked against it.
+LAE_LIMITS = {"channels": 1024, "latent_channels": 1024}
+MLLAE_LIMITS = {"bytes": 1 << 20, "block": 1024, "bits": 16, "stride": 1024, "channels": 1024,
+                "max_latent_channels": 4096, "residual_channels": 1024}
+
+
+def _check_sizes(net: dict, limits: dict[str, int], bad) -> None:
+    for key, limit in limits.items():
+        if not _positive_int(net.get(key)) or net[key] > limit:
+            raise bad(f"net.{key} must be an integer in 1..{limit}, got {net.get(key)!r}")
 
 
 def _validate_red(manifest: dict, bad, where: str) -> None:
@@ -142,8 +156,9 @@ def _validate_lae(manifest: dict, bad, where: str) -> None:
     if manifest.get("stride") != stride:
         raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
     net = manifest.get("net")
-    if not isinstance(net, dict) or not all(_positive_int(net.get(k)) for k in ("channels", "latent_channels")):
-        raise bad("net.channels and net.latent_channels must be positive integers")
+    if not isinstance(net, dict):
+        raise bad("net must be an object")
+    _check_sizes(net, LAE_LIMITS, bad)
 
 
 def read_manifest(path: str | Path) -> tuple[Path, dict]:
