@@ -150,13 +150,15 @@ def test_file_from_other_weights_is_refused(checkpoint, photo, tmp_path, capsys)
     assert not (tmp_path / "q.png").exists()
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "I;16"])
 def test_grey_rgba_and_16bit_keep_their_form(checkpoint, tmp_path, mode):
     base = smooth_image(40, 50)
     if mode == "L":
         img = Image.fromarray(base[..., 0], mode="L")
     elif mode == "RGBA":
         img = Image.fromarray(np.dstack([base, np.tile(np.arange(50, dtype=np.uint8) * 5, (40, 1))]), mode="RGBA")
+    elif mode == "LA":
+        img = Image.fromarray(np.dstack([base[..., 0], np.tile(np.arange(50, dtype=np.uint8) * 5, (40, 1))]), mode="LA")
     else:
         img = Image.fromarray(base[..., 0].astype(np.uint16) * 257)
     img.save(tmp_path / "x.png")
@@ -167,9 +169,9 @@ def test_grey_rgba_and_16bit_keep_their_form(checkpoint, tmp_path, mode):
     assert out.size == (50, 40)
     if mode == "L":
         assert out.mode == "L"
-    elif mode == "RGBA":
-        assert out.mode == "RGBA"
-        assert np.array_equal(np.asarray(out)[..., 3], src.alpha)  # alpha is lossless
+    elif mode in ("RGBA", "LA"):
+        assert out.mode == mode
+        assert np.array_equal(np.asarray(out)[..., -1], src.alpha)  # alpha is lossless
     else:
         assert out.mode.startswith("I") and np.asarray(out).max() > 255
 

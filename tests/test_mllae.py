@@ -191,7 +191,7 @@ def lossless_checkpoint(tmp_path_factory) -> Path:
     return save_system_checkpoint(system, tmp_path_factory.mktemp("mllae") / "lossless.ckpt")
 
 
-@pytest.mark.parametrize("kind", ["rgb", "grey", "grey16", "rgba", "palette"])
+@pytest.mark.parametrize("kind", ["rgb", "grey", "grey16", "rgba", "grey_alpha", "palette"])
 def test_lossless_files_are_bit_exact(kind, lossless_checkpoint, tmp_path):
     rng = np.random.default_rng(3)
     src = tmp_path / "in" / f"{kind}.png"
@@ -205,6 +205,8 @@ def test_lossless_files_are_bit_exact(kind, lossless_checkpoint, tmp_path):
         Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 + rng.integers(0, 200, rgb.shape[:2])).astype(np.uint16)).save(src)
     elif kind == "rgba":
         Image.fromarray(np.dstack([rgb, rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)]), mode="RGBA").save(src)
+    elif kind == "grey_alpha":
+        Image.fromarray(np.dstack([rgb[..., 1], rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)]), mode="LA").save(src)
     else:
         Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16).save(src)
     assert main(["compress", str(src), "-m", str(lossless_checkpoint), "-o", str(tmp_path / "c.cml")]) == 0
@@ -216,7 +218,7 @@ def test_lossless_files_are_bit_exact(kind, lossless_checkpoint, tmp_path):
         expected = (original.rgb[0] * 255).round().byte().numpy()
     elif kind == "rgba":
         expected = np.dstack([(original.rgb * 255).round().byte().permute(1, 2, 0).numpy(), original.alpha])
-    elif kind == "grey":
+    elif kind in ("grey", "grey_alpha"):
         expected = np.asarray(Image.open(src))
     else:
         expected = (original.rgb * 255).round().byte().permute(1, 2, 0).numpy()

@@ -512,6 +512,11 @@ def test_cli_upscale_grey_and_alpha(tmp_path, red_checkpoint):
     assert alpha.shape == (24, 32)
     assert alpha[:, :12].max() <= 5 and alpha[:, 20:].min() >= 250  # away from the edge at x = 16
 
+    Image.fromarray(rgba[..., [1, 3]], mode="LA").save(src)  # grey + alpha stays grey + alpha
+    assert main(["upscale", str(src), "-m", str(red_checkpoint), "-o", str(tmp_path / "la_x2.png")]) == 0
+    with Image.open(tmp_path / "la_x2.png") as img:
+        assert img.mode == "LA" and img.size == (32, 24)
+
 
 # -- 8. training through Hydra -------------------------------------------------------------------
 

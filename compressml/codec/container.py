@@ -9,7 +9,7 @@ Layout (big-endian)::
     fingerprint 16  first 16 bytes of the SHA-256 of the weights that made the file
     height       4  original image geometry
     width        4
-    channels     1  1 (grey), 3 (RGB) or 4 (RGBA)
+    channels     1  1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)
     bit_depth    1  8 or 16
     pad_h        2  padding added below / right before coding
     pad_w        2
@@ -95,7 +95,7 @@ class Container:
 def _check_geometry(height: int, width: int, channels: int, bit_depth: int) -> None:
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or height * width > MAX_PIXELS:
         raise ContainerError(f"image size {height}x{width} is out of range")
-    if channels not in (1, 3, 4):
+    if channels not in (1, 2, 3, 4):
         raise ContainerError(f"unsupported channel count {channels}")
     if bit_depth not in (8, 16):
         raise ContainerError(f"unsupported bit depth {bit_depth}")

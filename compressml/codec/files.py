@@ -36,22 +36,26 @@ def read_source(path: Path) -> SourceImage:
         alpha = None
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
             alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
-        channels = 4 if alpha is not None else (1 if mode in GREY_MODES else 3)
+        grey = mode in GREY_MODES or mode in ("LA", "La")
+        channels = (2 if grey else 4) if alpha is not None else (1 if grey else 3)
         rgb = array_to_tensor(pil_to_array(img))
     return SourceImage(rgb=rgb, channels=channels, bit_depth=bit_depth, alpha=alpha)
 
 
 def to_pil(image: SourceImage) -> Image.Image:
-    """Decoded RGB back to the original form: grey (8/16-bit), RGB, or RGBA with its alpha."""
+    """Decoded RGB back to the original form: grey (8/16-bit), grey + alpha, RGB, or RGBA."""
     rgb = image.rgb.clamp(0, 1)
-    if image.channels == 1:
-        grey = rgb.mean(0)
-        if image.bit_depth == 16:
-            return Image.fromarray(grey.mul(65535).round().numpy().astype(np.uint16))
-        return Image.fromarray(grey.mul(255).round().byte().numpy(), mode="L")
-    arr = rgb.mul(255).round().byte().permute(1, 2, 0).numpy()
-    if image.channels == 4 and image.alpha is not None:
+    alpha = None
+    if image.alpha is not None and image.channels in (2, 4):
         alpha = image.alpha if image.alpha.dtype == np.uint8 else (image.alpha >> 8).astype(np.uint8)
+    if image.channels in (1, 2):
+        grey = rgb.mean(0)
+        if image.bit_depth == 16 and alpha is None:
+            return Image.fromarray(grey.mul(65535).round().numpy().astype(np.uint16))
+        grey = grey.mul(255).round().byte().numpy()
+        return Image.fromarray(np.dstack([grey, alpha]), mode="LA") if alpha is not None else Image.fromarray(grey, mode="L")
+    arr = rgb.mul(255).round().byte().permute(1, 2, 0).numpy()
+    if alpha is not None:
         return Image.fromarray(np.dstack([arr, alpha]), mode="RGBA")
     return Image.fromarray(arr, mode="RGB")
 

@@ -113,15 +113,15 @@ def check_fingerprint(container: Container, expected: bytes) -> None:
 
 
 def alpha_section(image: SourceImage) -> list[tuple[int, bytes]]:
-    """The ALPHA section (zlib, lossless) of an RGBA source; none otherwise."""
+    """The ALPHA section (zlib, lossless) of an RGBA or grey + alpha source; none otherwise."""
     if image.alpha is None:
         return []
     return [(ALPHA, zlib.compress(np.ascontiguousarray(image.alpha).tobytes(), 9))]
 
 
 def decode_alpha(container: Container, h: int, w: int) -> np.ndarray | None:
-    """The alpha plane of an RGBA file, checked against the image size; None for other files."""
-    if container.channels != 4:
+    """The alpha plane of an RGBA or grey + alpha file, checked against the image size; None for other files."""
+    if container.channels not in (2, 4):
         return None
     raw = zlib.decompressobj()
     dtype = np.uint16 if container.bit_depth == 16 else np.uint8
