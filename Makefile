@@ -38,6 +38,7 @@ BENCH := $(RUN) python benchmarks
 bench: $(STAMP)
 	$(BENCH)/rd_kodak.py
 	$(BENCH)/train_throughput.py
+	$(BENCH)/train_options.py
 	$(BENCH)/codec_speed.py --variants mean_scale --checkpoint mean_scale=compressml/premade/lae-q3 --out benchmarks/results/codec_speed_premade.json
 	$(BENCH)/red_sr.py --premade --out benchmarks/results/red_premade.json
 	$(BENCH)/mllae_kodak.py --lossless compressml/premade/mllae-lossless --lossless-only --out benchmarks/results/mllae_premade.json

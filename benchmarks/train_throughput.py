@@ -31,7 +31,7 @@ from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
 TRAIN = (ROOT / ".." / "shared" / "data" / "train" / "bsd200").resolve()
 
 
-def make_system(channels: int, latent: int, seed: int):
+def make_system(channels: int, latent: int, seed: int, **options):
     import torch
 
     from compressml.systems import LAESystem
@@ -39,7 +39,8 @@ def make_system(channels: int, latent: int, seed: int):
     torch.manual_seed(seed)
     return LAESystem(net={"arch": "mean_scale", "channels": channels, "latent_channels": latent},
                      g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.0067},
-                     optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4}, scheduler=None, log_images=0, real_bpp_images=0)
+                     optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4}, scheduler=None, log_images=0, real_bpp_images=0,
+                     **options)
 
 
 class _StepTimer:
@@ -62,13 +63,13 @@ class _StepTimer:
         self.callback = Timer()
 
 
-def lightning_images_per_s(system, datamodule, steps: int, warmup: int, device: str) -> float:
+def lightning_images_per_s(system, datamodule, steps: int, warmup: int, device: str, precision: str = "32-true") -> float:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
     timer = _StepTimer(warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(accelerator=device, devices=1, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
+        trainer = pl.Trainer(accelerator=device, devices=1, precision=precision, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
                              num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, logger=CSVLogger(tmp), log_every_n_steps=10, callbacks=[timer.callback])
         trainer.fit(system, datamodule=datamodule)
