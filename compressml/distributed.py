@@ -44,8 +44,8 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """``value`` averaged over every process of the default group (the value itself outside DDP).
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over every process of the default group (the value itself outside DDP).
 
     A collective: every rank must call it, in the same order.
     """
@@ -57,7 +57,19 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     if dist.get_backend() == "nccl" and not total.is_cuda:
         total = total.cuda()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return (total / dist.get_world_size()).to(value.device)
+    return total.to(value.device)
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over every process of the default group (the value itself outside DDP).
+
+    A collective: every rank must call it, in the same order.
+    """
+    if not is_distributed():
+        return value
+    import torch.distributed as dist
+
+    return sum_over_ranks(value) / dist.get_world_size()
 
 
 def child_arguments(argv: Sequence[str], task_overrides: Sequence[str], hydra_overrides: Sequence[str]) -> list[str]:

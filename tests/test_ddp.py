@@ -281,6 +281,47 @@ def test_multiplier_adapts_from_the_mean_violation_over_ranks(tmp_path):
     assert after_two == pytest.approx(after_one + 0.1 * -0.2)  # mean (0.2 - 0.6) / 2
 
 
+def _mllae_inputs(rank: int, step: int) -> torch.Tensor:
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(10 * rank + step))
+
+
+def _code_counts_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from compressml.models.mllae import MLLAE
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        net = MLLAE(bytes=16, block=16, channels=8)
+        ddp = DistributedDataParallel(net)  # broadcast_buffers: rank 0's buffers reach every rank each step
+        for step in range(2):
+            ddp(_mllae_inputs(rank, step))["x_hat"].mean().backward()
+        net.fold_counts()
+        net.fold_counts()  # nothing pending: no change
+        torch.save(net.code_counts, Path(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mllae_code_counts_come_from_every_rank(tmp_path):
+    """The rANS prior of MLLAE codes counts the codes of all ranks (not rank 0's alone), identically."""
+    import torch.multiprocessing as mp
+
+    from compressml.models.mllae import MLLAE
+
+    mp.spawn(_code_counts_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    counts = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    alone = MLLAE(bytes=16, block=16, channels=8)
+    for rank in range(2):
+        for step in range(2):
+            alone(_mllae_inputs(rank, step))
+    assert alone.code_counts.sum() == 2 * 2 * 2 * 4 * alone.geometry.elements  # ranks x steps x images x blocks
+    assert torch.equal(counts[0], counts[1]) and torch.equal(counts[0], alone.code_counts)
+
+
 @pytest.fixture
 def one_process_group(tmp_path):
     import torch.distributed as dist

@@ -272,6 +272,9 @@ class MLLAE(nn.Module):
         self.residual = ResidualModel(residual_channels) if lossless else None
         # how often each code value occurs per latent channel in training: the empirical prior of the rANS stage
         self.register_buffer("code_counts", torch.zeros(g.latent_channels, self.quantizer.levels, dtype=torch.float64))
+        # Under DDP, counts wait here (not a buffer: DDP would overwrite it with rank 0's) until
+        # fold_counts() sums them over the ranks; outside DDP they go straight into code_counts.
+        self.pending_counts: torch.Tensor | None = None
 
     @property
     def lossless(self) -> bool:
@@ -302,7 +305,27 @@ class MLLAE(nn.Module):
         levels = self.quantizer.levels
         channel = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1, 1)
         flat = (channel * levels + codes).flatten()
-        self.code_counts += torch.bincount(flat, minlength=self.code_counts.numel()).view_as(self.code_counts).to(self.code_counts)
+        counts = torch.bincount(flat, minlength=self.code_counts.numel()).view_as(self.code_counts).to(self.code_counts)
+        from compressml.distributed import is_distributed
+
+        if not is_distributed():
+            self.code_counts += counts
+        elif self.pending_counts is None:
+            self.pending_counts = counts
+        else:
+            self.pending_counts += counts
+
+    @torch.no_grad()
+    def fold_counts(self) -> None:
+        """Add the counts every rank made since the last call to ``code_counts``, identically on
+        all ranks (a collective under DDP: every rank calls it; nothing to do outside DDP)."""
+        from compressml.distributed import is_distributed, sum_over_ranks
+
+        if not is_distributed():
+            return
+        pending = self.pending_counts if self.pending_counts is not None else torch.zeros_like(self.code_counts)
+        self.code_counts += sum_over_ranks(pending).to(self.code_counts)
+        self.pending_counts = None
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, chunk: int = CHUNK_BLOCKS) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:

@@ -124,7 +124,13 @@ class MLLAESystem(CodecSystem):
 
     # -- validation -------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self.net.fold_counts()  # the rANS prior of the codes from every rank's data
         self._real_left = self.hparams.real_bpp_images
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.net.fold_counts()  # every rank saves (rank 0 writes) the counts of all ranks
+        checkpoint["state_dict"]["net.code_counts"] = self.net.code_counts.detach().clone()
+        super().on_save_checkpoint(checkpoint)
 
     def validate_coding(self, batch: torch.Tensor) -> None:
         """Code a few validation images for real: payload per block, real bpp, bit-exactness."""
