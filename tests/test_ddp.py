@@ -195,7 +195,8 @@ def test_multirun_job_children_run_that_job_in_its_folder(tmp_path, monkeypatch)
         with distributed.launch_context(trainer=None):
             command, cwd = _hydra_subprocess_cmd(local_rank=1)
             os.environ.update(LOCAL_RANK="0", MASTER_PORT="12910", WORLD_SIZE="2")  # as the launcher does
-        assert command[2:] == [
+        # [python, script] under pytest, [python, -m, module] under python -m pytest
+        assert command[command.index("-cn"):] == [
             "-cn", "train", "g.lmbda=0.02", "data.batch_size=4", "hydra.job.chdir=false", "hydra.mode=RUN",
             f'hydra.run.dir="{job_dir}"', "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null",
         ]
