@@ -85,8 +85,11 @@ def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dic
 
     1. The entropy models always run in float32. Under mixed precision (``bf16-mixed``,
        ``16-mixed``) CompressAI's forward computes a likelihood as the difference of two
-       nearly equal CDF values in half precision, which loses most of its digits; the
-       transforms (the convolutions, where the time goes) keep the lower precision.
+       nearly equal CDF values in half precision, which loses most of its digits. So do the
+       first layer of g_a and the last of g_s, which see the pixels: bfloat16 holds [0, 1]
+       to about one grey level, and the distortion's gradient (the small residual x_hat - x)
+       would drown in that rounding. The inner layers (where the time goes) keep the lower
+       precision.
     2. ``quantization="ste"`` (training only): the likelihoods still see additive uniform
        noise, but the decoders get the latents rounded as at coding time (around the
        predicted means, or the bottleneck medians), with a straight-through gradient:
@@ -97,13 +100,13 @@ def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dic
     if type(model) not in (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior):
         return model(x)  # another CompressAI model: its own forward
     ste = quantization == "ste" and model.training
-    y = model.g_a(x).float()
+    y = _analysis(model.g_a, x)
     if isinstance(model, FactorizedPrior):
         with _full_precision(y):
             y_hat, y_likelihoods = model.entropy_bottleneck(y)
         if ste:
             y_hat = _ste_round(y, model.entropy_bottleneck._get_medians())
-        return {"x_hat": model.g_s(y_hat).float(), "likelihoods": {"y": y_likelihoods}}
+        return {"x_hat": _synthesis(model.g_s, y_hat), "likelihoods": {"y": y_likelihoods}}
 
     mean_scale = isinstance(model, MeanScaleHyperprior)
     z = model.h_a(y if mean_scale else torch.abs(y)).float()
@@ -117,7 +120,25 @@ def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dic
         y_hat, y_likelihoods = model.gaussian_conditional(y, scales, means=means)
     if ste:
         y_hat = _ste_round(y, means)
-    return {"x_hat": model.g_s(y_hat).float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+    return {"x_hat": _synthesis(model.g_s, y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
+def _analysis(g_a: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """g_a(x) as float32, its first layer (on the pixels) in float32 under any autocast."""
+    if not isinstance(g_a, torch.nn.Sequential) or not torch.is_autocast_enabled(x.device.type):
+        return g_a(x).float()
+    with _full_precision(x):
+        h = g_a[0](x.float())
+    return g_a[1:](h).float()
+
+
+def _synthesis(g_s: torch.nn.Module, y_hat: torch.Tensor) -> torch.Tensor:
+    """g_s(y_hat) as float32, its last layer (to the pixels) in float32 under any autocast."""
+    if not isinstance(g_s, torch.nn.Sequential) or not torch.is_autocast_enabled(y_hat.device.type):
+        return g_s(y_hat).float()
+    h = g_s[:-1](y_hat)
+    with _full_precision(h):
+        return g_s[-1](h.float())
 
 
 def forward_padded(model: CompressionModel, x: torch.Tensor, quantization: str = "noise") -> dict:
