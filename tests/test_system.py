@@ -50,6 +50,8 @@ def test_main_loss_never_reaches_quantiles_and_aux_only_them():
 )
 def test_loss_falls_on_a_fixed_batch(arch, options):
     system = tiny_system(arch, optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3}, **options)
+    system.on_fit_start()
+    assert system.net.g_a[0].weight.is_contiguous(memory_format=torch.channels_last) == options.get("channels_last", False)
     opt = system.configure_optimizers()["optimizer"]
     batch = fixed_batch()
     losses, psnrs = [], []

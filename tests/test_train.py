@@ -65,6 +65,8 @@ def test_fast_cpu_recipe_trains_and_its_checkpoint_codes_and_exports(image_folde
     assert all(v.dtype != torch.bfloat16 for v in state.values())
     system = load_lae(summary["last_checkpoint"])
     assert system.hparams.quantization == "ste"
+    # loaded models compute in the ordinary memory order, as the exported bundle does
+    assert all(p.is_contiguous() for p in system.net.parameters())
     x = load_image(image_folder / "img3.png")[None, :, :45, :71]
     with torch.no_grad():
         expected = forward_padded(system.net.eval(), x)["x_hat"].clamp(0, 1)

@@ -76,7 +76,7 @@ def _ste_round(x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Ten
 
 
 def _full_precision(x: torch.Tensor):
-    """A context with autocast off on ``x``'s device: the entropy models run in float32."""
+    """A context with autocast off on ``x``'s device: what runs in it runs in float32."""
     return torch.autocast(x.device.type, enabled=False)
 
 

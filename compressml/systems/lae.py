@@ -92,8 +92,6 @@ class LAESystem(CodecSystem):
             }
         )
         self.net = build_lae(**net)
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)
         self.g = check_g(instantiate_spec(g, "g") if isinstance(g, Mapping) else g)
         self._real_left = 0
 
@@ -136,6 +134,15 @@ class LAESystem(CodecSystem):
             "aux_loss": self.net.aux_loss(),
             "x_hat": x_hat,
         }
+
+    # -- memory order -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        # back to the ordinary order: a model that codes must compute exactly as a loaded one
+        self.net.to(memory_format=torch.contiguous_format)
 
     # -- validation -------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
