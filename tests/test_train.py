@@ -76,6 +76,21 @@ def test_fast_cpu_recipe_trains_and_its_checkpoint_codes_and_exports(image_folde
     assert torch.allclose(decompress(model, compress(model, x)), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("final_save", [True, False])
+def test_last_checkpoint_holds_the_last_step(final_save, image_folder, tmp_path, monkeypatch):
+    """A run that stops mid-epoch on max_steps keeps its last steps in last.ckpt (Lightning alone
+    saves it at the previous validation)."""
+    import compressml.training as training
+
+    if not final_save:  # what Lightning alone does: the check below would fail without the final save
+        monkeypatch.setattr(training, "save_final_state", lambda trainer: None)
+    summary = run(["model=lae/factorized", "data=folder", f"data.root={image_folder}", "trainer.max_epochs=-1",
+                   "trainer.max_steps=4", "trainer.limit_train_batches=3"], tmp_path)
+    saved = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)["global_step"]
+    assert summary["global_step"] == 4
+    assert (saved == 4) == final_save
+
+
 def test_corrupt_images_are_counted_in_the_summary(image_folder, tmp_path):
     (image_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     summary = run(["data=folder", f"data.root={image_folder}"], tmp_path)
