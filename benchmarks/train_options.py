@@ -16,8 +16,6 @@ noise draw: the bpp estimate, the MSE, and the cosine between the two gradients 
 
 from __future__ import annotations
 
-import argparse
-import copy
 import statistics
 import sys
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import RESULTS, finish, machine_info  # noqa: E402
-from train_throughput import TRAIN, lightning_images_per_s, make_system  # noqa: E402
+from train_throughput import TRAIN, lightning_images_per_s, make_system, throughput_parser  # noqa: E402
 
 # (label, data options, system options, trainer precision): each row adds one option
 SETTINGS = [
@@ -86,19 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from compressml.data import ImageFolderDataModule
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--train-root", type=Path, default=TRAIN)
-    p.add_argument("--out", type=Path, default=RESULTS / "train_options.json")
-    args = p.parse_args(argv)
+    args = throughput_parser(__doc__, RESULTS / "train_options.json", rounds=2).parse_args(argv)
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = make_system(64, 96, seed=0)
     modules = {}
     rows = []
     for label, data, options, precision in SETTINGS:
@@ -109,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             modules[key].setup("fit")
         speeds = []
         for _ in range(args.rounds):
-            system = make_system(64, 96, seed=0, **options)
-            system.load_state_dict(copy.deepcopy(base.state_dict()))
+            system = make_system(64, 96, seed=0, **options)  # the same seed: the same initial weights
             speeds.append(lightning_images_per_s(system, modules[key], args.steps, args.warmup,
                                                  "gpu" if device == "cuda" else "cpu", precision))
         rows.append({"setting": label, "data": data, "model": options, "precision": precision,

@@ -110,23 +110,29 @@ def print_tables(results: dict) -> None:
     print(f"ratio Lightning / bare: {results['ratio']:.3f} (target >= 0.95)")
 
 
+def throughput_parser(doc: str, out: Path, rounds: int) -> argparse.ArgumentParser:
+    """The options every training-throughput benchmark takes (steps, warm-up, rounds, batch, crop, data, output)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0].replace("\n", " "), epilog=doc.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--train-root", type=Path, default=TRAIN)
+    p.add_argument("--out", type=Path, default=out)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     from compressml.data import ImageFolderDataModule
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
+    p = throughput_parser(__doc__, RESULTS / "train_throughput.json", rounds=3)
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--latent", type=int, default=96)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--train-root", type=Path, default=TRAIN)
-    p.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     args = p.parse_args(argv)
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
