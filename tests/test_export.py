@@ -506,3 +506,17 @@ def test_manifest_sizes_are_bounded_before_any_network_is_built(bundle, key, val
     with pytest.raises(BundleError, match=f"net.{key} must be an integer in 1..") as exc:
         validate_manifest(manifest, "crafted")
     assert "\n" not in str(exc.value)
+
+
+def test_model_family_reads_metadata_lazily(checkpoints, tmp_path):
+    from compressml.systems.loading import model_family, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoints["mean_scale"])
+    assert model_family(checkpoints["mean_scale"]) == "lae"
+    # an old (non-zip) torch file cannot be memory-mapped: it is read whole instead
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(ckpt, legacy, _use_new_zipfile_serialization=False)
+    assert model_family(legacy) == "lae"
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        model_family(tmp_path / "junk.ckpt")

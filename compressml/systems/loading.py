@@ -10,14 +10,19 @@ import torch
 from compressml.errors import CheckpointError, CompressMLError, first_line
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint as a dict, loaded with ``weights_only=True`` (no arbitrary unpickling)."""
+def read_checkpoint(path: str | Path, lazy: bool = False) -> dict:
+    """A Lightning checkpoint as a dict, loaded with ``weights_only=True`` (no arbitrary unpickling).
+
+    ``lazy`` maps the tensors from the file instead of reading them (for a look at the metadata).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except Exception as e:  # corrupt file, or one that needs unpickling arbitrary objects
+        if lazy:  # an old (non-zip) file cannot be mapped: read it whole
+            return read_checkpoint(path)
         raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
@@ -42,7 +47,7 @@ def model_family(path: str | Path) -> str | None:
             return json.loads(manifest.read_text()).get("family")
         except (OSError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{path}: not a readable export bundle ({first_line(e)})") from None
-    return checkpoint_family(read_checkpoint(path))
+    return checkpoint_family(read_checkpoint(path, lazy=True))
 
 
 def system_class(family: str | None):
