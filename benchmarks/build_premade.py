@@ -30,9 +30,11 @@ SET5 = (ROOT / ".." / "shared" / "data" / "set5" / "HR").resolve()
 BSD200 = "../shared/data/train/bsd200 (the 200 BSDS500 training photos)"
 SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
 LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
-# where the premade LAE recipes were run (hydra.run.dir=/tmp/premade2/lae_qN); the last checkpoint,
-# at the end of the learning-rate schedule, is shipped
+# where the premade LAE recipes were run (hydra.run.dir=/tmp/premade2/lae_qN), and their second runs
+# (premade/lae_qN_stage2, hydra.run.dir=/tmp/premade3/lae_qN); the last checkpoint, at the end of the
+# learning-rate schedule, is shipped
 LAE_RUNS = "/tmp/premade2"
+LAE_STAGE2 = "/tmp/premade3"
 
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
@@ -41,11 +43,15 @@ SPECS = {
                    description="mean-scale hyperprior 64/96, lambda 0.0018 (smallest files)"),
     "lae-q2": dict(family="lae", quality=2, source=f"{LAE_RUNS}/lae_q2/checkpoints/last.ckpt", data=BSD200,
                    recipe="python train.py experiment=premade/lae_q2", description="mean-scale hyperprior 64/96, lambda 0.0067"),
-    "lae-q3": dict(family="lae", quality=3, source=f"{LAE_RUNS}/lae_q3/checkpoints/last.ckpt", data=BSD200,
-                   recipe=f"python train.py experiment=premade/lae_q3 {LAE_FINE_TUNE}",
+    "lae-q3": dict(family="lae", quality=3, source=f"{LAE_STAGE2}/lae_q3/checkpoints/last.ckpt", data=BSD200,
+                   earlier=[f"{LAE_RUNS}/lae_q3/checkpoints/last.ckpt"],
+                   recipe=f"python train.py experiment=premade/lae_q3 {LAE_FINE_TUNE}; "
+                          f"python train.py experiment=premade/lae_q3_stage2 init_from=<that run's last.ckpt>",
                    description="mean-scale hyperprior 64/96, lambda 0.025 (the default of compressml compress)"),
-    "lae-q4": dict(family="lae", quality=4, source=f"{LAE_RUNS}/lae_q4/checkpoints/last.ckpt", data=BSD200,
-                   recipe=f"python train.py experiment=premade/lae_q4 {LAE_FINE_TUNE}",
+    "lae-q4": dict(family="lae", quality=4, source=f"{LAE_STAGE2}/lae_q4/checkpoints/last.ckpt", data=BSD200,
+                   earlier=[f"{LAE_RUNS}/lae_q4/checkpoints/last.ckpt"],
+                   recipe=f"python train.py experiment=premade/lae_q4 {LAE_FINE_TUNE}; "
+                          f"python train.py experiment=premade/lae_q4_stage2 init_from=<that run's last.ckpt>",
                    description="mean-scale hyperprior 64/96, lambda 0.07 (best quality)"),
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
                            recipe="python train.py experiment=premade/mllae_lossless",
@@ -57,18 +63,25 @@ SPECS = {
 }
 
 
-def training_record(checkpoint: Path, data: str, device: str) -> dict:
+def training_record(checkpoint: Path, data: str, device: str, earlier: tuple[Path, ...] = ()) -> dict:
+    """Steps and wall time of the run that saved ``checkpoint``, plus those of the ``earlier`` runs it
+    continued (each started from the one before with init_from), summed; one entry per run in ``runs``."""
     from compressml.systems.loading import read_checkpoint
 
-    ckpt = read_checkpoint(checkpoint)
-    timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
-    elapsed = (timer.get("time_elapsed") or {})
-    seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
-    run_summary = checkpoint.parent.parent / "summary.json"  # the run's own record (runs without max_time have no Timer)
-    if seconds is None and run_summary.is_file():
-        seconds = json.loads(run_summary.read_text()).get("seconds")
-    return {"data": data, "steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None,
-            "device": device}
+    runs = []
+    for path in (*earlier, checkpoint):
+        ckpt = read_checkpoint(path, lazy=True)
+        timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
+        elapsed = (timer.get("time_elapsed") or {})
+        seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
+        run_summary = path.parent.parent / "summary.json"  # the run's own record (runs without max_time have no Timer)
+        if seconds is None and run_summary.is_file():
+            seconds = json.loads(run_summary.read_text()).get("seconds")
+        runs.append({"steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None})
+    seconds = [r["wall_time_s"] for r in runs]
+    record = {"data": data, "steps": sum(r["steps"] for r in runs),
+              "wall_time_s": round(sum(seconds), 1) if all(seconds) else None, "device": device}
+    return {**record, "runs": runs} if earlier else record
 
 
 def export(name: str, checkpoint: Path) -> dict:
@@ -140,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = export(name, sources[name])
         entries[name] = {"name": name, "family": spec["family"], "bundle": name, "fingerprint": summary["fingerprint"],
                          **{k: spec[k] for k in ("quality", "scale") if k in spec}, "description": spec["description"],
-                         "recipe": spec["recipe"], "training": training_record(sources[name], spec["data"], args.device),
+                         "recipe": spec["recipe"], "training": training_record(sources[name], spec["data"], args.device,
+                                                                 tuple(Path(e) for e in spec.get("earlier", ()))),
                          "bytes": sum(summary["files"].values())}
     images = kodak_images(args.kodak, args.images)
     lae = [n for n in names if SPECS[n]["family"] == "lae"]

@@ -50,11 +50,15 @@ def test_each_model_records_its_recipe_training_and_figures(name, tmp_path):
         assert m.training.get(key), key
     assert m.measured.get("summary")
     assert m.recipe.startswith("python train.py experiment=premade/")
-    experiment = m.recipe.split("experiment=")[1].split()[0]
-    assert (CONF / "experiment" / f"{experiment}.yaml").is_file()
-    cfg = compose_train([f"experiment={experiment}"], tmp_path)
-    assert "train" in str(cfg.data.root)
-    assert not any(s in str(cfg.data.root).lower() for s in EVALUATION_SETS)  # never the evaluation images
+    # every run of the recipe (a model may continue an earlier run of its own)
+    for experiment in (part.split()[0] for part in m.recipe.split("experiment=")[1:]):
+        assert (CONF / "experiment" / f"{experiment}.yaml").is_file()
+        cfg = compose_train([f"experiment={experiment}"], tmp_path)
+        assert "train" in str(cfg.data.root)
+        assert not any(s in str(cfg.data.root).lower() for s in EVALUATION_SETS)  # never the evaluation images
+    runs = m.training.get("runs")
+    if runs:  # steps and wall time are the sums over the runs
+        assert m.training["steps"] == sum(r["steps"] for r in runs) and len(runs) == m.recipe.count("experiment=")
 
 
 @pytest.fixture
