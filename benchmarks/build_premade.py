@@ -36,23 +36,22 @@ LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
 LAE_RUNS = "/tmp/premade2"
 LAE_STAGE2 = "/tmp/premade3"
 
+
+def lae_spec(quality: int, lmbda: str, note: str) -> dict:
+    """Quality ``quality`` of the LAE family: a first run (q2 from scratch, the others from q2's
+    weights), then a second run continuing it from its own weights; the second run's checkpoint ships."""
+    first = f"python train.py experiment=premade/lae_q{quality}" + ("" if quality == 2 else f" {LAE_FINE_TUNE}")
+    return dict(family="lae", quality=quality, source=f"{LAE_STAGE2}/lae_q{quality}/checkpoints/last.ckpt", data=BSD200,
+                earlier=[f"{LAE_RUNS}/lae_q{quality}/checkpoints/last.ckpt"],
+                recipe=f"{first}; python train.py experiment=premade/lae_q{quality}_stage2 init_from=<that run's last.ckpt>",
+                description=f"mean-scale hyperprior 64/96, lambda {lmbda}{note}")
+
+
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
-    "lae-q1": dict(family="lae", quality=1, source=f"{LAE_RUNS}/lae_q1/checkpoints/last.ckpt", data=BSD200,
-                   recipe=f"python train.py experiment=premade/lae_q1 {LAE_FINE_TUNE}",
-                   description="mean-scale hyperprior 64/96, lambda 0.0018 (smallest files)"),
-    "lae-q2": dict(family="lae", quality=2, source=f"{LAE_RUNS}/lae_q2/checkpoints/last.ckpt", data=BSD200,
-                   recipe="python train.py experiment=premade/lae_q2", description="mean-scale hyperprior 64/96, lambda 0.0067"),
-    "lae-q3": dict(family="lae", quality=3, source=f"{LAE_STAGE2}/lae_q3/checkpoints/last.ckpt", data=BSD200,
-                   earlier=[f"{LAE_RUNS}/lae_q3/checkpoints/last.ckpt"],
-                   recipe=f"python train.py experiment=premade/lae_q3 {LAE_FINE_TUNE}; "
-                          f"python train.py experiment=premade/lae_q3_stage2 init_from=<that run's last.ckpt>",
-                   description="mean-scale hyperprior 64/96, lambda 0.025 (the default of compressml compress)"),
-    "lae-q4": dict(family="lae", quality=4, source=f"{LAE_STAGE2}/lae_q4/checkpoints/last.ckpt", data=BSD200,
-                   earlier=[f"{LAE_RUNS}/lae_q4/checkpoints/last.ckpt"],
-                   recipe=f"python train.py experiment=premade/lae_q4 {LAE_FINE_TUNE}; "
-                          f"python train.py experiment=premade/lae_q4_stage2 init_from=<that run's last.ckpt>",
-                   description="mean-scale hyperprior 64/96, lambda 0.07 (best quality)"),
+    **{f"lae-q{q}": lae_spec(q, lmbda, note) for q, lmbda, note in (
+        (1, "0.0018", " (smallest files)"), (2, "0.0067", ""), (3, "0.025", " (the default of compressml compress)"),
+        (4, "0.07", " (best quality)"))},
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
                            recipe="python train.py experiment=premade/mllae_lossless",
                            description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)"),
