@@ -30,28 +30,30 @@ SET5 = (ROOT / ".." / "shared" / "data" / "set5" / "HR").resolve()
 BSD200 = "../shared/data/train/bsd200 (the 200 BSDS500 training photos)"
 SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
 LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
-# where the premade LAE recipes were run (hydra.run.dir=/tmp/premade2/lae_qN), and their second runs
-# (premade/lae_qN_stage2, hydra.run.dir=/tmp/premade3/lae_qN); the last checkpoint, at the end of the
-# learning-rate schedule, is shipped
-LAE_RUNS = "/tmp/premade2"
-LAE_STAGE2 = "/tmp/premade3"
+# where the premade LAE recipes were run: the first runs (premade/lae_qN) in /tmp/premade2/lae_qN, the
+# runs continuing them (premade/lae_qN_stage2, _stage3, each from the one before's last.ckpt) in
+# /tmp/premade3 and /tmp/premade4; the last checkpoint of the last run ships
+LAE_RUNS = {"": "/tmp/premade2", "_stage2": "/tmp/premade3", "_stage3": "/tmp/premade4"}
 
 
-def lae_spec(quality: int, lmbda: str, note: str) -> dict:
+def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = ("",)) -> dict:
     """Quality ``quality`` of the LAE family: a first run (q2 from scratch, the others from q2's
-    weights), then a second run continuing it from its own weights; the second run's checkpoint ships."""
-    first = f"python train.py experiment=premade/lae_q{quality}" + ("" if quality == 2 else f" {LAE_FINE_TUNE}")
-    return dict(family="lae", quality=quality, source=f"{LAE_STAGE2}/lae_q{quality}/checkpoints/last.ckpt", data=BSD200,
-                earlier=[f"{LAE_RUNS}/lae_q{quality}/checkpoints/last.ckpt"],
-                recipe=f"{first}; python train.py experiment=premade/lae_q{quality}_stage2 init_from=<that run's last.ckpt>",
+    weights), then the ``stages`` after it, each continuing the run before from its weights."""
+    runs = [f"{LAE_RUNS[stage]}/lae_q{quality}/checkpoints/last.ckpt" for stage in stages]
+    commands = []
+    for stage in stages:
+        start = "init_from=<that run's last.ckpt>" if stage else ("" if quality == 2 else LAE_FINE_TUNE)
+        commands.append(f"python train.py experiment=premade/lae_q{quality}{stage} {start}".rstrip())
+    return dict(family="lae", quality=quality, source=runs[-1], earlier=runs[:-1], data=BSD200, recipe="; ".join(commands),
                 description=f"mean-scale hyperprior 64/96, lambda {lmbda}{note}")
 
 
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
-    **{f"lae-q{q}": lae_spec(q, lmbda, note) for q, lmbda, note in (
-        (1, "0.0018", " (smallest files)"), (2, "0.0067", ""), (3, "0.025", " (the default of compressml compress)"),
-        (4, "0.07", " (best quality)"))},
+    "lae-q1": lae_spec(1, "0.0018", " (smallest files)"),
+    "lae-q2": lae_spec(2, "0.0067", "", ("", "_stage2")),
+    "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)", ("", "_stage2")),
+    "lae-q4": lae_spec(4, "0.07", " (best quality)", ("", "_stage2")),
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
                            recipe="python train.py experiment=premade/mllae_lossless",
                            description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)"),
