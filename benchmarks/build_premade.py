@@ -50,7 +50,7 @@ def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = ("",
 
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
-    "lae-q1": lae_spec(1, "0.0018", " (smallest files)"),
+    "lae-q1": lae_spec(1, "0.0018", " (smallest files)", ("", "_stage2")),
     "lae-q2": lae_spec(2, "0.0067", "", ("", "_stage2")),
     "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)", ("", "_stage2")),
     "lae-q4": lae_spec(4, "0.07", " (best quality)", ("", "_stage2")),
