@@ -84,11 +84,12 @@ def test_last_checkpoint_holds_the_last_step(final_save, image_folder, tmp_path,
 
     if not final_save:  # what Lightning alone does: the check below would fail without the final save
         monkeypatch.setattr(training, "save_final_state", lambda trainer: None)
+    # validation (and checkpointing) every second epoch of 3 steps: at step 6; the run stops at step 7
     summary = run(["model=lae/factorized", "data=folder", f"data.root={image_folder}", "trainer.max_epochs=-1",
-                   "trainer.max_steps=4", "trainer.limit_train_batches=3"], tmp_path)
+                   "trainer.max_steps=7", "trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=2"], tmp_path)
     saved = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)["global_step"]
-    assert summary["global_step"] == 4
-    assert (saved == 4) == final_save
+    assert summary["global_step"] == 7
+    assert saved == (7 if final_save else 6)
 
 
 def test_corrupt_images_are_counted_in_the_summary(image_folder, tmp_path):
