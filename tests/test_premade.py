@@ -4,6 +4,7 @@ uses them with no download (compress/decompress defaults, -q, -m NAME, compressm
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_each_model_records_its_recipe_training_and_figures(name, tmp_path):
     assert m.measured.get("summary")
     assert m.recipe.startswith("python train.py experiment=premade/")
     # every run of the recipe (a model may continue an earlier run of its own)
-    for experiment in (part.split()[0] for part in m.recipe.split("experiment=")[1:]):
+    for experiment in re.findall(r"experiment=([\w/]+)", m.recipe):
         assert (CONF / "experiment" / f"{experiment}.yaml").is_file()
         cfg = compose_train([f"experiment={experiment}"], tmp_path)
         assert "train" in str(cfg.data.root)
