@@ -31,9 +31,9 @@ BSD200 = "../shared/data/train/bsd200 (the 200 BSDS500 training photos)"
 SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
 LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
 # where the premade LAE recipes were run: the first runs (premade/lae_qN) in /tmp/premade2/lae_qN, the
-# runs continuing them (premade/lae_qN_stage2, _stage3, each from the one before's last.ckpt) in
-# /tmp/premade3 and /tmp/premade4; the last checkpoint of the last run ships
-LAE_RUNS = {"": "/tmp/premade2", "_stage2": "/tmp/premade3", "_stage3": "/tmp/premade4"}
+# second runs continuing them (premade/lae_qN_stage2, from the first's last.ckpt) in /tmp/premade3;
+# the last checkpoint of the last run ships
+LAE_RUNS = {"": "/tmp/premade2", "_stage2": "/tmp/premade3"}
 
 
 def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = ("",)) -> dict:
