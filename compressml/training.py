@@ -104,7 +104,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     with launch_context(trainer):  # DDP: the processes Lightning starts run this job (multiruns too)
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        save_final_state(trainer)
 
     summary = make_summary(trainer, model, datamodule, loggers, time.time() - started)
     summary["objective"] = None
@@ -116,21 +115,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finish_loggers(loggers, summary)
     print_summary(summary)
     return summary
-
-
-def save_final_state(trainer: pl.Trainer) -> None:
-    """Make ``last.ckpt`` hold the last step. Lightning saves it at validation (or epoch end), so a
-    run that stops mid-epoch on ``max_steps`` or ``max_time`` would lose the steps since then."""
-    ckpt = trainer.checkpoint_callback
-    if ckpt is None or not ckpt.save_last or trainer.state.status.value != "finished" or not ckpt.dirpath:
-        return
-    saved = getattr(ckpt, "_last_global_step_saved", None)
-    if saved is None or trainer.global_step <= saved:
-        return
-    path = ckpt.last_model_path or str(Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}")
-    trainer.save_checkpoint(path)  # every rank calls it; rank 0 writes
-    ckpt.last_model_path = path
-    ckpt._last_global_step_saved = trainer.global_step
 
 
 SUMMARY_FILE = "summary.json"  # in each run's directory: what sweeps gather (compressml.sweeps)

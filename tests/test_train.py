@@ -80,10 +80,12 @@ def test_fast_cpu_recipe_trains_and_its_checkpoint_codes_and_exports(image_folde
 def test_last_checkpoint_holds_the_last_step(final_save, image_folder, tmp_path, monkeypatch):
     """A run that stops mid-epoch on max_steps keeps its last steps in last.ckpt (Lightning alone
     saves it at the previous validation)."""
-    import compressml.training as training
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from compressml.callbacks import ModelCheckpoint as OurModelCheckpoint
 
     if not final_save:  # what Lightning alone does: the check below would fail without the final save
-        monkeypatch.setattr(training, "save_final_state", lambda trainer: None)
+        monkeypatch.setattr(OurModelCheckpoint, "on_train_end", ModelCheckpoint.on_train_end)
     # validation (and checkpointing) every second epoch of 3 steps: at step 6; the run stops at step 7
     summary = run(["model=lae/factorized", "data=folder", f"data.root={image_folder}", "trainer.max_epochs=-1",
                    "trainer.max_steps=7", "trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=2"], tmp_path)
