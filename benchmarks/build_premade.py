@@ -64,24 +64,28 @@ SPECS = {
 }
 
 
-def training_record(checkpoint: Path, data: str, device: str, earlier: tuple[Path, ...] = ()) -> dict:
-    """Steps and wall time of the run that saved ``checkpoint``, plus those of the ``earlier`` runs it
-    continued (each started from the one before with init_from), summed; one entry per run in ``runs``."""
+def run_record(checkpoint: Path) -> dict:
+    """Steps and wall time of the run that saved ``checkpoint``: its step count, and Lightning's Timer
+    state or else the run's own summary.json (runs without max_time have no Timer)."""
     from compressml.systems.loading import read_checkpoint
 
-    runs = []
-    for path in (*earlier, checkpoint):
-        ckpt = read_checkpoint(path, lazy=True)
-        timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
-        elapsed = (timer.get("time_elapsed") or {})
-        seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
-        run_summary = path.parent.parent / "summary.json"  # the run's own record (runs without max_time have no Timer)
-        if seconds is None and run_summary.is_file():
-            seconds = json.loads(run_summary.read_text()).get("seconds")
-        runs.append({"steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None})
-    seconds = [r["wall_time_s"] for r in runs]
+    ckpt = read_checkpoint(checkpoint, lazy=True)
+    timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
+    elapsed = (timer.get("time_elapsed") or {})
+    seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
+    run_summary = checkpoint.parent.parent / "summary.json"
+    if seconds is None and run_summary.is_file():
+        seconds = json.loads(run_summary.read_text()).get("seconds")
+    return {"steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None}
+
+
+def training_record(checkpoint: Path, data: str, device: str, earlier: tuple[Path, ...] = ()) -> dict:
+    """The training of ``checkpoint``, summed with the ``earlier`` runs it continued (each started from
+    the one before with init_from); one entry per run in ``runs`` when there are several."""
+    runs = [run_record(path) for path in (*earlier, checkpoint)]
+    times = [r["wall_time_s"] for r in runs]
     record = {"data": data, "steps": sum(r["steps"] for r in runs),
-              "wall_time_s": round(sum(seconds), 1) if all(seconds) else None, "device": device}
+              "wall_time_s": round(sum(times), 1) if all(times) else None, "device": device}
     return {**record, "runs": runs} if earlier else record
 
 
