@@ -9,6 +9,7 @@ JPEG/WebP and model curves (../shared/data/reference). Targets (issue 7): BD-rat
 
     .venv/bin/python benchmarks/rd_kodak.py                       # the premade family, 24 images
     .venv/bin/python benchmarks/rd_kodak.py --images 4
+    .venv/bin/python benchmarks/rd_kodak.py --refine 50              # also the family with --refine 50
     .venv/bin/python benchmarks/rd_kodak.py --models a.ckpt b.ckpt c.ckpt d.ckpt --label mine
 
 Prints tables and writes benchmarks/results/rd_kodak.json and rd_kodak.png.
@@ -63,26 +64,33 @@ def measure(models, images, out_dir: Path, codecs=("jpeg-420", "webp"), referenc
 
 
 def summarise(result: dict) -> dict:
+    from compressml.evaluation import bd_rates
+
     learned = result["learned"]
     points = [r for r in result["averages"] if r["codec"] in learned]
+    curves = result["curves"]
+    # each further learned curve against the first too (the refined family against the plain one)
+    between = bd_rates({n: curves[n] for n in learned[1:]}, {learned[0]: curves[learned[0]]})
     return {
-        "points": [{k: r[k] for k in ("codec", "setting", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")} for r in sorted(points, key=lambda r: r["bpp"])],
-        "bd_rate": result["bd_rate"],
+        "points": [{k: r[k] for k in ("codec", "setting", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")}
+                   for r in sorted(points, key=lambda r: (learned.index(r["codec"]), r["bpp"]))],
+        "bd_rate": {name: {**table, **between.get(name, {})} for name, table in result["bd_rate"].items()},
         "classical": {n: c for n, c in result["curves"].items() if n not in learned},
         "reference": result["reference"],
     }
 
 
 def print_tables(results: dict) -> None:
-    print(f"\nKodak ({results['images']} images): premade LAE family, real files")
-    print(f"{'model':<10} {'bpp':>7} {'PSNR dB':>8} {'MS-SSIM':>8} {'enc s':>7} {'dec s':>7}")
+    print(f"\nKodak ({results['images']} images): real files")
+    print(f"{'curve':<28} {'model':<10} {'bpp':>7} {'PSNR dB':>8} {'MS-SSIM':>8} {'enc s':>7} {'dec s':>7}")
     for p in results["points"]:
-        print(f"{p['setting']:<10} {p['bpp']:7.3f} {p['psnr']:8.2f} {p['ms_ssim']:8.4f} {p['encode_s']:7.3f} {p['decode_s']:7.3f}")
-    print("\nBD-rate of the premade family (negative = fewer bits at equal quality)")
-    print(f"{'against':<42} {'PSNR':>9} {'MS-SSIM':>9}")
+        print(f"{p['codec']:<28} {p['setting']:<10} {p['bpp']:7.3f} {p['psnr']:8.2f} {p['ms_ssim']:8.4f} {p['encode_s']:7.3f} {p['decode_s']:7.3f}")
     fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"
-    for against, e in next(iter(results["bd_rate"].values()), {}).items():
-        print(f"{against:<42} {fmt(e.get('psnr')):>9} {fmt(e.get('ms_ssim_db')):>9}")
+    for curve, table in results["bd_rate"].items():
+        print(f"\nBD-rate of {curve} (negative = fewer bits at equal quality)")
+        print(f"{'against':<42} {'PSNR':>9} {'MS-SSIM':>9}")
+        for against, e in table.items():
+            print(f"{against:<42} {fmt(e.get('psnr')):>9} {fmt(e.get('ms_ssim_db')):>9}")
     print(f"targets: <= -40 % vs JPEG, <= -10 % vs WebP (PSNR); plot: {results['plot']}")
 
 
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", type=Path, help="checkpoints or bundles instead of the premade family")
     p.add_argument("--label", default=None, help="curve name for --models")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="also measure the models with STEPS of encoder-side latent refinement (compress --refine)")
     p.add_argument("--out", type=Path, default=RESULTS / "rd_kodak.json")
     args = p.parse_args(argv)
     if args.threads:
@@ -104,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from compressml.evaluation import learned_models
 
     models = learned_models([str(m) for m in args.models], args.label or "compressml") if args.models else premade_points()
+    if args.refine:
+        from compressml.evaluation import with_refinement
+
+        models = with_refinement(models, [0, args.refine])
     images = kodak_images(args.kodak, args.images)
     work = Path("/tmp/compressml-bench/rd_kodak")
     print(f"RD on {len(images)} Kodak image(s): {len(models)} learned point(s), JPEG, WebP", flush=True)
@@ -112,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     plot.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "rd.png", plot)
     results = {"benchmark": "rd_kodak", "machine": machine_info(), "images": len(images),
-               "models": [str(m.path) for m in models], **summarise(result), "plot": str(plot.relative_to(ROOT))}
+               "models": [str(m.path) for m in models], **summarise(result), "plot": str(plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot)}
     return finish(results, args.out, print_tables, started)
 
 

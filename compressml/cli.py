@@ -44,6 +44,10 @@ def _compress(args: argparse.Namespace) -> int:
         model = load_codec(str(chosen.bundle))
     else:
         model = load_codec(_model_path(args.model), args.base, args.quality)
+    if args.refine:
+        if not hasattr(model, "refined"):
+            raise CompressMLError("--refine is for LAE models, not the hybrid codec")
+        model = model.refined(args.refine)
     for src, dst in jobs:
         r = compress_file(model, src, dst, force=args.force)
         print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp")
@@ -145,6 +149,16 @@ def _refuse_existing(paths, force: bool) -> None:
         raise CompressMLError(f"{existing[0]} exists{more}: use --force to overwrite")
 
 
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compressml", description="Learned image compression, config-driven.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model")
     comp.add_argument("-q", "--quality", type=int, help="without -m: which premade LAE, 1 (smallest files) .. 4 (default 3); hybrid codec: the classical base codec's quality (default 75)")
     comp.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.cml")
+    comp.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
+                      help="LAE: optimise each image's latents for STEPS gradient steps before coding (50 is a good "
+                           "choice: about 5%% smaller files at the same quality, at about 0.2 s per step for a "
+                           "768x512 image on 2 CPU cores); any compressml decodes the files as usual")
     comp.add_argument("--force", action="store_true", help="overwrite existing outputs")
     comp.set_defaults(func=_compress)
     dec = sub.add_parser("decompress", help=".cml files (or folders of them) back to images")

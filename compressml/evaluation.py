@@ -20,7 +20,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from compressml.baselines import ClassicalCodec
 from compressml.codec import container as cml
 from compressml.codec.files import CodecModel, atomic_write
 from compressml.codec.lae import SourceImage
-from compressml.errors import DataError
+from compressml.errors import ConfigError, DataError
 
 RECORD_FIELDS = (
     "codec", "setting", "image", "height", "width", "bytes", "bpp", "bpsp", "psnr", "ms_ssim", "ms_ssim_db",
@@ -328,6 +328,7 @@ class LearnedModel:
     path: Path
     setting: str  # how the point is named (by default the file's name)
     curve: str | None = None  # the curve it belongs to (default: compressml-<architecture>)
+    refine: int = 0  # LAE: steps of encoder-side latent refinement (its curve gets a "+refine<steps>" suffix)
 
 
 def default_curve_name(net: torch.nn.Module) -> str:
@@ -368,6 +369,8 @@ def run_evaluation(
     for m in models:
         model = load_model(m.path)
         curve = m.curve or default_curve_name(model.net)
+        if m.refine:
+            model, curve = model.refined(m.refine), f"{curve}+refine{m.refine}"
         progress(f"{curve} [{m.setting}]: {len(images)} image(s)")
         records += evaluate_learned(model, curve, m.setting, images, out_dir / "files" / curve / m.setting)
         learned_names += [curve] if curve not in learned_names else []
@@ -417,6 +420,16 @@ def learned_models(checkpoints, label: str | None) -> list[LearnedModel]:
     if len(set(names)) < len(names):
         names = [f"{i}-{n}" for i, n in enumerate(names)]
     return [LearnedModel(p, n, label) for p, n in zip(paths, names)]
+
+
+def with_refinement(models: list[LearnedModel], refine) -> list[LearnedModel]:
+    """Each model once per entry of ``refine`` (steps of LAE latent refinement, a number or a list;
+    0 = none): one curve per entry, the refined ones named ``<curve>+refine<steps>``."""
+    steps = [refine] if isinstance(refine, int) and not isinstance(refine, bool) else refine
+    if not isinstance(steps, (list, tuple)) or not steps or any(
+            not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in steps):
+        raise ConfigError(f"refine must be a number of steps >= 0 or a list of them, got {refine!r}")
+    return [replace(m, refine=n) for n in steps for m in models]
 
 
 def evaluation_images(datamodule, max_images: int | None = None) -> list[EvalImage]:
@@ -520,6 +533,11 @@ def evaluate_from_config(cfg) -> dict:
         models += sweep_models(plain(cfg.sweep), cfg.get("label"))
     hybrids = hybrid_codecs(plain(cfg.get("hybrid")) or [])
     families = {model_family(m.path) for m in models}
+    refine = plain(cfg.get("refine"))
+    if refine:
+        if families - {"lae"}:
+            raise ConfigError(f"refine is for LAE checkpoints; these are {', '.join(sorted(families - {'lae'}))}")
+        models = with_refinement(models, refine)
     if "red" in families:
         if families != {"red"} or hybrids:
             raise ConfigError("RED (super-resolution) checkpoints are evaluated on their own, against bicubic; "

@@ -23,6 +23,17 @@ def mse_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 PSNR_CAP = 100.0  # dB given to identical images (instead of infinity)
 
 
+def distortion(kind: str, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The distortion a g names (``compressml.g.DISTORTIONS``): ``mse``, ``ms-ssim`` (higher is
+    better), ``l1``, or ``l1_ssim`` = 0.84 (1 - SSIM) + 0.16 L1 (Zhao et al.)."""
+    if kind == "ms-ssim":
+        return ms_ssim(x_hat, x)
+    if kind == "mse":
+        return torch.mean((x_hat - x) ** 2)
+    l1 = torch.mean(torch.abs(x_hat - x))
+    return l1 if kind == "l1" else 0.84 * (1 - ssim(x_hat, x)) + 0.16 * l1
+
+
 def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean over the batch of each image's PSNR in dB (identical images give ``PSNR_CAP``, not inf)."""
     mse = mse_per_image(x_hat.float(), x.float()).clamp_min(data_range**2 * 10 ** (-PSNR_CAP / 10))

@@ -187,6 +187,16 @@ def test_evaluate_config_on_a_folder(tmp_path, image_folder, tiny_checkpoint):
     assert (tmp_path / "out" / "rd.png").is_file()
 
 
+def test_evaluate_config_with_refinement(tmp_path, image_folder, tiny_checkpoint):
+    cfg = compose_evaluate([
+        f"checkpoint={tiny_checkpoint}", "data=folder", f"data.root={image_folder}", "data.split=ratio",
+        "data.val_ratio=0.34", "codecs=[]", "max_images=1", "refine=[0,2]",
+    ], tmp_path / "out")
+    result = evaluate_from_config(cfg)
+    assert result["learned"] == ["compressml-hyperprior", "compressml-hyperprior+refine2"]
+    assert (tmp_path / "out" / "files" / "compressml-hyperprior+refine2").is_dir()
+
+
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
@@ -196,6 +206,7 @@ def test_evaluate_config_on_a_folder(tmp_path, image_folder, tiny_checkpoint):
         (["codecs=[png]", "max_images=0"], ConfigError, "max_images"),
         (["checkpoint=/nonexistent/model.ckpt"], DataError, "no such checkpoint"),
         (["codecs=[png]", "reference=/nonexistent/ref.json"], DataError, "no such reference"),
+        (["codecs=[png]", "refine=-3"], ConfigError, "refine must be"),
     ],
 )
 def test_evaluate_config_errors(tmp_path, image_folder, overrides, error, message):

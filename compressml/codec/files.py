@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +84,29 @@ def load_net(path: str | Path) -> tuple[torch.nn.Module, str, bytes, dict]:
     if path.is_dir() or path.name == bundle.MANIFEST:
         net, manifest = bundle.load_bundle(path)
         family, fingerprint = manifest["family"], bytes.fromhex(manifest["fingerprint"])
+        hparams = manifest.get("hyper_parameters") or {}
         entropy = manifest.get("entropy")
     else:
         from compressml.systems.loading import load_system
 
         system = load_system(path)
         net, family, fingerprint = system.net, system.family, lae_codec.weights_fingerprint(system.net)
-        entropy = system.hparams.get("entropy")
-    return net, family, fingerprint, ({"entropy": entropy} if family == "mllae" else {})
+        hparams, entropy = system.hparams, system.hparams.get("entropy")
+    if family == "mllae":
+        return net, family, fingerprint, {"entropy": entropy}
+    return net, family, fingerprint, ({"g": plain_dict(hparams.get("g"))} if family == "lae" else {})
+
+
+def plain_dict(value):
+    """A hyper-parameter as plain Python (an OmegaConf node from a checkpoint becomes a dict)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(value, DictConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(value) if isinstance(value, dict) else value
 
 
 @dataclass
@@ -99,7 +114,8 @@ class CodecModel:
     """A model ready to code, with the fingerprint written into (and checked against) every file.
 
     ``family`` picks the codec (``lae`` or ``mllae``); ``options`` are the family's
-    coding options from training (e.g. MLLAE's entropy stage).
+    coding options from training (MLLAE's entropy stage; an LAE's reward g, for refinement).
+    ``refinement``: LAE encoder-side latent optimisation (:meth:`refined`).
     """
 
     net: torch.nn.Module
@@ -107,6 +123,15 @@ class CodecModel:
     source: str
     family: str = "lae"
     options: dict = field(default_factory=dict)
+    refinement: lae_codec.Refinement | None = None
+
+    def refined(self, steps: int) -> "CodecModel":
+        """This model encoding with ``steps`` of latent refinement (0: none); decoding is unchanged."""
+        if steps == 0:
+            return replace(self, refinement=None)
+        if self.family != "lae":
+            raise CompressMLError(f"--refine is for LAE models; {self.source} is an {self.family.upper()}")
+        return replace(self, refinement=lae_codec.refinement_for(self.options.get("g"), steps))
 
     @classmethod
     def load(cls, path: str | Path) -> "CodecModel":
@@ -120,7 +145,7 @@ class CodecModel:
         with torch.no_grad():
             if self.family == "mllae":
                 return mllae_codec.encode(self.net, image, self.fingerprint, **self.options)
-            return lae_codec.encode(self.net, image, self.fingerprint)
+            return lae_codec.encode(self.net, image, self.fingerprint, refinement=self.refinement)
 
     def decode(self, container: cml.Container) -> SourceImage:
         if container.family != self.family:

@@ -20,7 +20,8 @@ from compressai.models.base import CompressionModel
 
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.tiling import tiled_transforms
-from compressml.models.lae import LAEPayload, compress, decompress, is_updated, latent_count, stride_of
+from compressml.errors import CompressMLError
+from compressml.models.lae import LAEPayload, Refinement, compress, decompress, is_updated, latent_count, stride_of
 
 SHAPE, STRING, ALPHA = 0x01, 0x10, 0x20
 
@@ -47,7 +48,9 @@ class SourceImage:
     alpha: np.ndarray | None = None  # (H, W) uint8 or uint16
 
 
-def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS) -> Container:
+def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS,
+           refinement: Refinement | None = None) -> Container:
+    """``refinement``: optimise the latents for this image first (slower encoding, same decoder)."""
     if not is_updated(model):
         model.update(force=True)
     x = image.rgb[None].to(next(model.parameters()).device)
@@ -55,10 +58,13 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
     stride = stride_of(model)
     padded_pixels = (-(-h // stride) * stride) * (-(-w // stride) * stride)
     if padded_pixels > tile_pixels:
+        if refinement is not None and refinement.steps > 0:
+            raise CompressMLError(f"--refine works on images up to {tile_pixels / 1e6:.1f} megapixels; this one is "
+                                  f"{w}x{h}: compress it without --refine")
         with tiled_transforms(model):
             payload = compress(model, x)
     else:
-        payload = compress(model, x)
+        payload = compress(model, x, refinement)
     sections = [(SHAPE, struct.pack(">II", *payload.shape))]
     sections += [(STRING, group[0]) for group in payload.strings]
     sections += alpha_section(image)
@@ -102,6 +108,27 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
         x_hat = decompress(model, payload)
     return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
                        alpha=decode_alpha(container, h, w))
+
+
+# the rewards whose lambda * D + R a refinement can minimise (picked here, never imported from a file)
+REFINABLE_G = ("compressml.g.RateDistortion", "compressml.g.Perceptual")
+
+
+def refinement_for(g_spec, steps: int) -> Refinement:
+    """The :class:`Refinement` of a model trained with the reward ``g_spec`` (its hyper-parameters'
+    ``g``): the same lambda and distortion, so the refined latents serve the trade-off it learnt."""
+    from compressml import g as rewards
+    from compressml.errors import ConfigError
+
+    target = g_spec.get("_target_") if isinstance(g_spec, dict) else None
+    if target not in REFINABLE_G:
+        raise CompressMLError("--refine needs an LAE trained with g=rate_distortion or g=perceptual (it minimises "
+                              f"the model's own lambda * D + R); this one was trained with {target or g_spec!r}")
+    try:
+        g = getattr(rewards, target.rsplit(".", 1)[1])(**{k: v for k, v in g_spec.items() if k != "_target_"})
+        return Refinement(steps=steps, lmbda=g.lmbda, distortion=g.distortion)
+    except (TypeError, ConfigError) as e:
+        raise CompressMLError(f"--refine: the model's g {g_spec!r} cannot be used ({e})") from None
 
 
 def check_fingerprint(container: Container, expected: bytes) -> None:

@@ -153,12 +153,183 @@ def forward_padded(model: CompressionModel, x: torch.Tensor, quantization: str =
 
 
 @torch.no_grad()
-def compress(model: CompressionModel, x: torch.Tensor) -> LAEPayload:
-    """Entropy-code a batch (N, 3, H, W) through the rANS coder. The model must be updated."""
+def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement | None" = None) -> LAEPayload:
+    """Entropy-code a batch (N, 3, H, W) through the rANS coder. The model must be updated.
+
+    With a :class:`Refinement` the latents are first optimised for this image (see
+    :func:`refine_latents`); the decoder is unchanged and reads the file as any other."""
     padded, size = pad_to_multiple(x.float(), stride_of(model))
+    if refinement is not None and refinement.steps > 0:
+        with torch.enable_grad():
+            y, z = refine_latents(model, x.float(), refinement)
+        return compress_latents(model, y, z, size)
     with _full_precision(padded):  # the codec is float32 even inside a mixed-precision step
         out = model.compress(padded)
     return LAEPayload(strings=out["strings"], shape=tuple(out["shape"]), size=size)
+
+
+# -- encoder-side refinement ----------------------------------------------------------------------
+# The analysis transform g_a is amortised: one network guesses good latents for every image. For
+# the image at hand, a few gradient steps on the latents themselves (y, and z for the hyperpriors)
+# lower the very objective the model was trained on, lambda * D + R, with the decoders fixed
+# (Campos et al. 2019, "Content adaptive optimization"; Yang et al. 2020). Only the encoder does
+# more work: the bits have the same format and decode with the same model.
+
+REFINABLE = (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior)
+
+
+@dataclass
+class Refinement:
+    """Encoder-side latent optimisation: ``steps`` Adam steps (learning rate ``lr``, cosine decay)
+    on ``lmbda * D + R``, D the ``distortion`` the model was trained with (compressml.g.loss_units:
+    255²·MSE for mse). Every ``check_every`` steps the latents are scored as they will be coded
+    (rounded, 8-bit output) and the best seen is kept, so a refined file is never worse on that
+    objective than the plain one. ``seed`` fixes the training noise: the same input gives the same file."""
+
+    steps: int = 50
+    lmbda: float = 0.01
+    distortion: str = "mse"
+    lr: float = 0.005
+    check_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        from compressml.g import DISTORTIONS
+
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ConfigError(f"refinement steps must be an integer >= 0, got {self.steps!r}")
+        if not self.lmbda > 0 or not self.lr > 0 or self.check_every < 1:
+            raise ConfigError("refinement lmbda and lr must be > 0 and check_every >= 1")
+        if self.distortion not in DISTORTIONS:
+            raise ConfigError(f"refinement distortion must be one of {', '.join(DISTORTIONS)}, got {self.distortion!r}")
+
+
+def _bf16_is_fast(device: torch.device) -> bool:
+    """bfloat16 convolutions pay on GPUs that support them and CPUs with AVX512-BF16; elsewhere
+    they are emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return bool(probe()) if probe is not None else False
+    return False
+
+
+# CompressAI's likelihood floor, applied here rather than through the entropy models' own
+# ``likelihood_lower_bound`` buffers: a float16 bundle stores 1e-9 as 0, and log2(0) is -inf
+LIKELIHOOD_BOUND = 1e-9
+
+
+def _entropy_bottleneck_likelihood(eb, values: torch.Tensor) -> torch.Tensor:
+    """The factorized prior's likelihood of ``values`` (N, C, H, W), differentiable in them."""
+    c = values.shape[1]
+    flat = values.transpose(0, 1).reshape(c, 1, -1)
+    likelihood, _, _ = eb._likelihood(flat)
+    return likelihood.clamp_min(LIKELIHOOD_BOUND)
+
+
+def _refinement_terms(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, x: torch.Tensor,
+                      settings: Refinement, noise: torch.Generator | None):
+    """(lambda * D + R, x_hat) for latents (y, z). With ``noise`` (the gradient steps): the rates
+    see uniform noise and the decoders straight-through rounding, as in training (``ste``). Without:
+    the latents as coded, the output clamped and on 8-bit levels as a decoded file holds it."""
+    from compressml import metrics
+    from compressml.g import loss_units
+
+    def noisy(t):
+        return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5 if noise is not None else None
+
+    def quantised(t, offset):  # rounded around offset; a straight-through gradient when training
+        return _ste_round(t, offset) if noise is not None else torch.round(t - offset) + offset
+
+    eb = model.entropy_bottleneck
+    if isinstance(model, FactorizedPrior):
+        medians = eb._get_medians()
+        y_hat = quantised(y, medians)
+        rate_bits = -torch.log2(_entropy_bottleneck_likelihood(eb, noisy(y) if noise is not None else y_hat)).sum()
+    else:
+        medians = eb._get_medians()
+        z_hat = quantised(z, medians)
+        z_bits = -torch.log2(_entropy_bottleneck_likelihood(eb, noisy(z) if noise is not None else z_hat)).sum()
+        with _full_precision(z_hat):  # the means set where y rounds: kept in float32
+            params = model.h_s(z_hat.float())
+        if isinstance(model, MeanScaleHyperprior):
+            scales, means = params.chunk(2, 1)
+        else:
+            scales, means = params, torch.zeros_like(params)
+        y_hat = quantised(y, means)
+        gc = model.gaussian_conditional
+        likelihood = gc._likelihood(noisy(y) if noise is not None else y_hat, scales, means).clamp_min(LIKELIHOOD_BOUND)
+        rate_bits = z_bits - torch.log2(likelihood).sum()
+    x_hat = _synthesis(model.g_s, y_hat)[..., : x.shape[-2], : x.shape[-1]]
+    if noise is None:
+        x_hat = x_hat.clamp(0, 1).mul(255).round().div(255)
+    rate = rate_bits / (x.shape[0] * x.shape[-2] * x.shape[-1])
+    return settings.lmbda * loss_units(metrics.distortion(settings.distortion, x_hat, x), settings.distortion) + rate
+
+
+def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinement):
+    """Latents (y, z) of ``x`` (N, 3, H, W in [0, 1]) optimised for this image (see :class:`Refinement`);
+    z is None for the factorized prior. Code them with :func:`compress_latents`."""
+    if type(model) not in REFINABLE:
+        raise ConfigError(f"latent refinement supports {', '.join(c.__name__ for c in REFINABLE)}, not {type(model).__name__}")
+    padded, _ = pad_to_multiple(x, stride_of(model))
+    device = padded.device
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad(), _full_precision(padded):
+            y = model.g_a(padded).float()
+            z = None if isinstance(model, FactorizedPrior) else model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
+        latents = [t.clone().requires_grad_() for t in (y, z) if t is not None]
+
+        def score() -> float:
+            with torch.no_grad(), _full_precision(padded):
+                return float(_refinement_terms(model, *_pair(latents), x, settings, None))
+
+        best = (score(), [t.detach().clone() for t in latents])
+        optimizer = torch.optim.Adam(latents, lr=settings.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+        noise = torch.Generator(device=device).manual_seed(settings.seed)
+        for step in range(1, settings.steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16_is_fast(device)):
+                loss = _refinement_terms(model, *_pair(latents), x, settings, noise)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % settings.check_every == 0 or step == settings.steps:
+                value = score()
+                if value < best[0]:
+                    best = (value, [t.detach().clone() for t in latents])
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return _pair(best[1])
+
+
+def _pair(latents: list) -> tuple:
+    return (latents[0], latents[1] if len(latents) > 1 else None)
+
+
+@torch.no_grad()
+def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, size: tuple[int, int]) -> LAEPayload:
+    """Entropy-code given latents as CompressAI's ``compress`` codes those of g_a / h_a: with
+    ``y = g_a(x)``, ``z = h_a(y)`` the strings are CompressAI's own, bit for bit."""
+    with _full_precision(y):
+        if isinstance(model, FactorizedPrior):
+            return LAEPayload(strings=[model.entropy_bottleneck.compress(y)], shape=tuple(y.shape[-2:]), size=size)
+        z_strings = model.entropy_bottleneck.compress(z)
+        z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        params = model.h_s(z_hat)
+        if isinstance(model, MeanScaleHyperprior):
+            scales, means = params.chunk(2, 1)
+        else:
+            scales, means = params, None
+        indexes = model.gaussian_conditional.build_indexes(scales)
+        y_strings = model.gaussian_conditional.compress(y, indexes, means=means)
+    return LAEPayload(strings=[y_strings, z_strings], shape=tuple(z.shape[-2:]), size=size)
 
 
 @torch.no_grad()

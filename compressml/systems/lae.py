@@ -104,13 +104,7 @@ class LAESystem(CodecSystem):
 
     def distortion(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The measure g names (``compressml.g.DISTORTIONS``)."""
-        kind = getattr(self.g, "distortion", "mse")
-        if kind == "ms-ssim":
-            return metrics.ms_ssim(x_hat, x)
-        if kind == "mse":
-            return torch.mean((x_hat - x) ** 2)
-        l1 = torch.mean(torch.abs(x_hat - x))
-        return l1 if kind == "l1" else 0.84 * (1 - metrics.ssim(x_hat, x)) + 0.16 * l1
+        return metrics.distortion(getattr(self.g, "distortion", "mse"), x_hat, x)
 
     def compute_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward pass and every term that is optimised or logged."""

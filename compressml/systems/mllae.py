@@ -28,7 +28,6 @@ FAMILY = "mllae"
 NET_KEYS = ("bytes", "block", "quantizer", "bits", "noise", "sparsity", "channels", "stride", "max_latent_channels",
             "lossless", "residual_channels")
 DISTORTIONS = ("mse", "l1", "l1_ssim")
-SSIM_WEIGHT = 0.84
 
 
 class MLLAESystem(CodecSystem):
@@ -93,13 +92,7 @@ class MLLAESystem(CodecSystem):
         self._real_left = 0
 
     def distortion(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        kind = self.hparams.distortion
-        if kind == "mse":
-            return torch.mean((x_hat - x) ** 2)
-        l1 = torch.mean(torch.abs(x_hat - x))
-        if kind == "l1":
-            return l1
-        return SSIM_WEIGHT * (1 - metrics.ssim(x_hat, x)) + (1 - SSIM_WEIGHT) * l1
+        return metrics.distortion(self.hparams.distortion, x_hat, x)
 
     def compute_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.net(x)
