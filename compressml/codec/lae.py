@@ -16,12 +16,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from compressai.models import FactorizedPrior, MeanScaleHyperprior
 from compressai.models.base import CompressionModel
 
 from compressml.codec.container import Container, ContainerError
-from compressml.codec.tiling import tiled_transforms
+from compressml.codec.tiling import tile_windows, tiled_transforms
 from compressml.errors import CompressMLError
-from compressml.models.lae import LAEPayload, Refinement, compress, decompress, is_updated, latent_count, stride_of
+from compressml.models.lae import (
+    SYNTHESIS_FACTOR,
+    LAEPayload,
+    Refinement,
+    check_refinable,
+    compress,
+    compress_latents,
+    decompress,
+    entropy_parameters,
+    is_updated,
+    latent_count,
+    refine_latent_window,
+    refinement_score,
+    stride_of,
+)
+from compressml.models.padding import pad_to_multiple
 
 SHAPE, STRING, ALPHA = 0x01, 0x10, 0x20
 
@@ -59,10 +75,10 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
     padded_pixels = (-(-h // stride) * stride) * (-(-w // stride) * stride)
     if padded_pixels > tile_pixels:
         if refinement is not None and refinement.steps > 0:
-            raise CompressMLError(f"--refine works on images up to {tile_pixels / 1e6:.1f} megapixels; this one is "
-                                  f"{w}x{h}: compress it without --refine")
-        with tiled_transforms(model):
-            payload = compress(model, x)
+            payload = compress_refined_in_tiles(model, x, refinement)
+        else:
+            with tiled_transforms(model):
+                payload = compress(model, x)
     else:
         payload = compress(model, x, refinement)
     sections = [(SHAPE, struct.pack(">II", *payload.shape))]
@@ -79,6 +95,33 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
         pad_w=(-w) % stride,
         sections=sections,
     )
+
+
+def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings: Refinement,
+                              tile: int = 32, margin: int = 4) -> LAEPayload:
+    """Latent refinement with the memory of a tile: y is refined tile by tile (``tile`` latent pixels a
+    side, the neighbours within ``margin`` as fixed context, each tile scored on its own pixels), z
+    and y's entropy parameters stay as the encoder made them. The whole image is scored at the
+    end, and the plain latents are coded if the refined ones are not better."""
+    check_refinable(model)
+    padded, size = pad_to_multiple(x.float(), stride_of(model))
+    with torch.no_grad(), tiled_transforms(model, tile, margin):
+        y = model.g_a(padded).float()
+        z = None if isinstance(model, FactorizedPrior) else model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
+        _, scales, means = entropy_parameters(model, z)
+    plain = y.clone()
+    h, w = size
+    f = SYNTHESIS_FACTOR
+    for (a0, a1, b0, b1), (e0, e1, g0, g1) in tile_windows(*y.shape[-2:], tile, margin):
+        window = y[..., e0:e1, g0:g1].clone()
+        y[..., a0:a1, b0:b1] = refine_latent_window(
+            model, window, (slice(a0 - e0, a1 - e0), slice(b0 - g0, b1 - g0)),
+            scales[..., e0:e1, g0:g1] if scales is not None else None,
+            means[..., e0:e1, g0:g1] if scales is not None else means,
+            x[..., a0 * f : min(a1 * f, h), b0 * f : min(b1 * f, w)], settings)
+    with torch.no_grad(), tiled_transforms(model, tile, margin):
+        better = refinement_score(model, y, z, x, settings) < refinement_score(model, plain, z, x, settings)
+    return compress_latents(model, y if better else plain, z, size)
 
 
 def decode(model: CompressionModel, container: Container, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS) -> SourceImage:

@@ -16,6 +16,15 @@ import torch
 from torch import nn
 
 
+def tile_windows(lh: int, lw: int, tile: int, margin: int) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """The tiles of an ``lh`` x ``lw`` latent, row by row: ((a0, a1, b0, b1), (e0, e1, g0, g1)), the
+    tile's rows a0:a1 and columns b0:b1, and its window with ``margin`` of context (e0:e1, g0:g1)."""
+    for a0 in range(0, lh, tile):
+        for b0 in range(0, lw, tile):
+            a1, b1 = min(a0 + tile, lh), min(b0 + tile, lw)
+            yield (a0, a1, b0, b1), (max(a0 - margin, 0), min(a1 + margin, lh), max(b0 - margin, 0), min(b1 + margin, lw))
+
+
 class TiledTransform(nn.Module):
     """Apply ``inner`` tile by tile. ``factor`` is input pixels per latent pixel: 16 for an
     analysis transform (``down=True``) or a synthesis transform (``down=False``).
@@ -32,24 +41,20 @@ class TiledTransform(nn.Module):
         f = self.factor
         lh, lw = (x.shape[-2] // f, x.shape[-1] // f) if self.down else x.shape[-2:]
         out = None
-        for a0 in range(0, lh, self.tile):
-            for b0 in range(0, lw, self.tile):
-                a1, b1 = min(a0 + self.tile, lh), min(b0 + self.tile, lw)
-                e0, e1 = max(a0 - self.margin, 0), min(a1 + self.margin, lh)
-                g0, g1 = max(b0 - self.margin, 0), min(b1 + self.margin, lw)
-                if self.down:
-                    piece = self.inner(x[..., e0 * f : e1 * f, g0 * f : g1 * f])
-                    piece = piece[..., a0 - e0 : a1 - e0, b0 - g0 : b1 - g0]
-                    dst = (slice(a0, a1), slice(b0, b1))
-                    full = (lh, lw)
-                else:
-                    piece = self.inner(x[..., e0:e1, g0:g1])
-                    piece = piece[..., (a0 - e0) * f : (a1 - e0) * f, (b0 - g0) * f : (b1 - g0) * f]
-                    dst = (slice(a0 * f, a1 * f), slice(b0 * f, b1 * f))
-                    full = (lh * f, lw * f)
-                if out is None:
-                    out = piece.new_empty(*piece.shape[:-2], *full)
-                out[..., dst[0], dst[1]] = piece
+        for (a0, a1, b0, b1), (e0, e1, g0, g1) in tile_windows(lh, lw, self.tile, self.margin):
+            if self.down:
+                piece = self.inner(x[..., e0 * f : e1 * f, g0 * f : g1 * f])
+                piece = piece[..., a0 - e0 : a1 - e0, b0 - g0 : b1 - g0]
+                dst = (slice(a0, a1), slice(b0, b1))
+                full = (lh, lw)
+            else:
+                piece = self.inner(x[..., e0:e1, g0:g1])
+                piece = piece[..., (a0 - e0) * f : (a1 - e0) * f, (b0 - g0) * f : (b1 - g0) * f]
+                dst = (slice(a0 * f, a1 * f), slice(b0 * f, b1 * f))
+                full = (lh * f, lw * f)
+            if out is None:
+                out = piece.new_empty(*piece.shape[:-2], *full)
+            out[..., dst[0], dst[1]] = piece
         return out
 
 

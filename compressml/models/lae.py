@@ -12,6 +12,7 @@ apart from MLLAE-N's byte budget on purpose.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -176,6 +177,7 @@ def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement |
 # more work: the bits have the same format and decode with the same model.
 
 REFINABLE = (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior)
+SYNTHESIS_FACTOR = 16  # output pixels per latent pixel of y, for all three
 
 
 @dataclass
@@ -228,57 +230,112 @@ def _entropy_bottleneck_likelihood(eb, values: torch.Tensor) -> torch.Tensor:
     return likelihood.clamp_min(LIKELIHOOD_BOUND)
 
 
-def _refinement_terms(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, x: torch.Tensor,
-                      settings: Refinement, noise: torch.Generator | None):
-    """(lambda * D + R, x_hat) for latents (y, z). With ``noise`` (the gradient steps): the rates
-    see uniform noise and the decoders straight-through rounding, as in training (``ste``). Without:
-    the latents as coded, the output clamped and on 8-bit levels as a decoded file holds it."""
+def _noisy(t: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+    return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5
+
+
+def _quantised(t: torch.Tensor, offset, noise: torch.Generator | None) -> torch.Tensor:
+    """Rounded around ``offset``; with ``noise`` (a gradient step) with a straight-through gradient."""
+    return _ste_round(t, offset) if noise is not None else torch.round(t - offset) + offset
+
+
+def _y_bits(model: CompressionModel, y: torch.Tensor, y_hat: torch.Tensor, scales, means, noise) -> torch.Tensor:
+    """Bits of y under its prior (the factorized one, or a Gaussian of ``scales``, ``means``): of the
+    coded ``y_hat``, or of y plus uniform noise during the gradient steps."""
+    values = _noisy(y, noise) if noise is not None else y_hat
+    if isinstance(model, FactorizedPrior):
+        likelihood = _entropy_bottleneck_likelihood(model.entropy_bottleneck, values)
+    else:
+        likelihood = model.gaussian_conditional._likelihood(values, scales, means).clamp_min(LIKELIHOOD_BOUND)
+    return -torch.log2(likelihood).sum()
+
+
+def _objective(settings: Refinement, x_hat: torch.Tensor, x: torch.Tensor, bits: torch.Tensor, noise) -> torch.Tensor:
+    """lambda * D + bits per pixel; when scoring (no ``noise``) on the clamped 8-bit output a file decodes to."""
     from compressml import metrics
     from compressml.g import loss_units
 
-    def noisy(t):
-        return t + torch.rand(t.shape, generator=noise, device=t.device) - 0.5 if noise is not None else None
-
-    def quantised(t, offset):  # rounded around offset; a straight-through gradient when training
-        return _ste_round(t, offset) if noise is not None else torch.round(t - offset) + offset
-
-    eb = model.entropy_bottleneck
-    if isinstance(model, FactorizedPrior):
-        medians = eb._get_medians()
-        y_hat = quantised(y, medians)
-        rate_bits = -torch.log2(_entropy_bottleneck_likelihood(eb, noisy(y) if noise is not None else y_hat)).sum()
-    else:
-        medians = eb._get_medians()
-        z_hat = quantised(z, medians)
-        z_bits = -torch.log2(_entropy_bottleneck_likelihood(eb, noisy(z) if noise is not None else z_hat)).sum()
-        with _full_precision(z_hat):  # the means set where y rounds: kept in float32
-            params = model.h_s(z_hat.float())
-        if isinstance(model, MeanScaleHyperprior):
-            scales, means = params.chunk(2, 1)
-        else:
-            scales, means = params, torch.zeros_like(params)
-        y_hat = quantised(y, means)
-        gc = model.gaussian_conditional
-        likelihood = gc._likelihood(noisy(y) if noise is not None else y_hat, scales, means).clamp_min(LIKELIHOOD_BOUND)
-        rate_bits = z_bits - torch.log2(likelihood).sum()
-    x_hat = _synthesis(model.g_s, y_hat)[..., : x.shape[-2], : x.shape[-1]]
     if noise is None:
         x_hat = x_hat.clamp(0, 1).mul(255).round().div(255)
-    rate = rate_bits / (x.shape[0] * x.shape[-2] * x.shape[-1])
-    return settings.lmbda * loss_units(metrics.distortion(settings.distortion, x_hat, x), settings.distortion) + rate
+    distortion = loss_units(metrics.distortion(settings.distortion, x_hat, x), settings.distortion)
+    return settings.lmbda * distortion + bits / (x.shape[0] * x.shape[-2] * x.shape[-1])
+
+
+def entropy_parameters(model: CompressionModel, z: torch.Tensor | None, noise: torch.Generator | None = None):
+    """(bits of z, scales, means of y) from z; for the factorized prior (0, None, its medians)."""
+    eb = model.entropy_bottleneck
+    medians = eb._get_medians()
+    if isinstance(model, FactorizedPrior):
+        return torch.zeros(()), None, medians
+    z_hat = _quantised(z, medians, noise)
+    z_bits = -torch.log2(_entropy_bottleneck_likelihood(eb, _noisy(z, noise) if noise is not None else z_hat)).sum()
+    with _full_precision(z_hat):  # the means set where y rounds: kept in float32
+        params = model.h_s(z_hat.float())
+    if isinstance(model, MeanScaleHyperprior):
+        scales, means = params.chunk(2, 1)
+    else:
+        scales, means = params, torch.zeros_like(params)
+    return z_bits, scales, means
+
+
+def refinement_score(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, x: torch.Tensor,
+                     settings: Refinement, noise: torch.Generator | None = None) -> torch.Tensor:
+    """lambda * D + R of latents (y, z) for ``x`` (unpadded). With ``noise`` (the gradient steps): the
+    rates see uniform noise and the decoder straight-through rounding, as in training (``ste``).
+    Without: the latents as coded, the output clamped and on 8-bit levels as a decoded file holds it."""
+    z_bits, scales, means = entropy_parameters(model, z, noise)
+    y_hat = _quantised(y, means, noise)
+    x_hat = _synthesis(model.g_s, y_hat)[..., : x.shape[-2], : x.shape[-1]]
+    return _objective(settings, x_hat, x, z_bits + _y_bits(model, y, y_hat, scales, means, noise), noise)
+
+
+def _optimise(latents: list[torch.Tensor], loss, score, settings: Refinement) -> list[torch.Tensor]:
+    """Adam on ``latents`` (leaf tensors) minimising ``loss(noise)``; the best by ``score()`` (checked
+    every ``check_every`` steps, the start included) is returned, detached."""
+    device = latents[0].device
+    best = (score(), [t.detach().clone() for t in latents])
+    optimizer = torch.optim.Adam(latents, lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+    noise = torch.Generator(device=device).manual_seed(settings.seed)
+    for step in range(1, settings.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16_is_fast(device)):
+            value = loss(noise)
+        value.backward()
+        optimizer.step()
+        schedule.step()
+        if step % settings.check_every == 0 or step == settings.steps:
+            scored = score()
+            if scored < best[0]:
+                best = (scored, [t.detach().clone() for t in latents])
+    return best[1]
+
+
+@contextmanager
+def _frozen(model: CompressionModel):
+    """The model's parameters without gradients for a while (the latents alone are optimised)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield model
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def check_refinable(model: CompressionModel) -> None:
+    if type(model) not in REFINABLE:
+        raise ConfigError(f"latent refinement supports {', '.join(c.__name__ for c in REFINABLE)}, not {type(model).__name__}")
 
 
 def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinement):
     """Latents (y, z) of ``x`` (N, 3, H, W in [0, 1]) optimised for this image (see :class:`Refinement`);
     z is None for the factorized prior. Code them with :func:`compress_latents`."""
-    if type(model) not in REFINABLE:
-        raise ConfigError(f"latent refinement supports {', '.join(c.__name__ for c in REFINABLE)}, not {type(model).__name__}")
+    check_refinable(model)
     padded, _ = pad_to_multiple(x, stride_of(model))
-    device = padded.device
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with _frozen(model):
         with torch.no_grad(), _full_precision(padded):
             y = model.g_a(padded).float()
             z = None if isinstance(model, FactorizedPrior) else model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
@@ -286,27 +343,42 @@ def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinemen
 
         def score() -> float:
             with torch.no_grad(), _full_precision(padded):
-                return float(_refinement_terms(model, *_pair(latents), x, settings, None))
+                return float(refinement_score(model, *_pair(latents), x, settings))
 
-        best = (score(), [t.detach().clone() for t in latents])
-        optimizer = torch.optim.Adam(latents, lr=settings.lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
-        noise = torch.Generator(device=device).manual_seed(settings.seed)
-        for step in range(1, settings.steps + 1):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16_is_fast(device)):
-                loss = _refinement_terms(model, *_pair(latents), x, settings, noise)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if step % settings.check_every == 0 or step == settings.steps:
-                value = score()
-                if value < best[0]:
-                    best = (value, [t.detach().clone() for t in latents])
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    return _pair(best[1])
+        best = _optimise(latents, lambda noise: refinement_score(model, *_pair(latents), x, settings, noise), score, settings)
+    return _pair(best)
+
+
+def refine_latent_window(model: CompressionModel, window: torch.Tensor, inner: tuple[slice, slice], scales, means,
+                         x: torch.Tensor, settings: Refinement) -> torch.Tensor:
+    """One tile of a large image: the ``inner`` part of the latent ``window`` (its margins are context,
+    kept as they are) optimised for the pixels ``x`` it decodes to (cropped to the image), with y's
+    entropy parameters over the window fixed (``scales``, ``means`` from z; for the factorized prior
+    None and its medians). Returns the refined inner latents."""
+    check_refinable(model)
+    rows, cols = inner
+    scales_in = scales[..., rows, cols] if scales is not None else None
+    means_in = means[..., rows, cols] if scales is not None else means  # the medians broadcast
+    factor = SYNTHESIS_FACTOR
+    with _frozen(model):
+        part = window[..., rows, cols].clone().requires_grad_()
+
+        def terms(noise):
+            local = torch.cat([window[..., : rows.start, :],
+                               torch.cat([window[..., rows, : cols.start], part, window[..., rows, cols.stop :]], -1),
+                               window[..., rows.stop :, :]], -2)
+            y_hat = _quantised(local, means, noise)
+            x_hat = _synthesis(model.g_s, y_hat)[..., rows.start * factor :, cols.start * factor :]
+            x_hat = x_hat[..., : x.shape[-2], : x.shape[-1]]
+            bits = _y_bits(model, part, y_hat[..., rows, cols], scales_in, means_in, noise)
+            return _objective(settings, x_hat, x, bits, noise)
+
+        def score() -> float:
+            with torch.no_grad(), _full_precision(window):
+                return float(terms(None))
+
+        (best,) = _optimise([part], terms, score, settings)
+    return best
 
 
 def _pair(latents: list) -> tuple:
