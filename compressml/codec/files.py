@@ -87,26 +87,16 @@ def load_net(path: str | Path) -> tuple[torch.nn.Module, str, bytes, dict]:
         hparams = manifest.get("hyper_parameters") or {}
         entropy = manifest.get("entropy")
     else:
+        from compressml.systems.base import plain
         from compressml.systems.loading import load_system
 
         system = load_system(path)
         net, family, fingerprint = system.net, system.family, lae_codec.weights_fingerprint(system.net)
-        hparams, entropy = system.hparams, system.hparams.get("entropy")
+        hparams = {k: plain(v) for k, v in system.hparams.items()}
+        entropy = hparams.get("entropy")
     if family == "mllae":
         return net, family, fingerprint, {"entropy": entropy}
-    return net, family, fingerprint, ({"g": plain_dict(hparams.get("g"))} if family == "lae" else {})
-
-
-def plain_dict(value):
-    """A hyper-parameter as plain Python (an OmegaConf node from a checkpoint becomes a dict)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(value, DictConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(value) if isinstance(value, dict) else value
+    return net, family, fingerprint, ({"g": hparams.get("g")} if family == "lae" else {})
 
 
 @dataclass

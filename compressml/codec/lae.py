@@ -21,7 +21,7 @@ from compressai.models.base import CompressionModel
 
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.tiling import tile_windows, tiled_transforms
-from compressml.errors import CompressMLError
+from compressml.errors import CompressMLError, ConfigError
 from compressml.models.lae import (
     SYNTHESIS_FACTOR,
     LAEPayload,
@@ -161,7 +161,6 @@ def refinement_for(g_spec, steps: int) -> Refinement:
     """The :class:`Refinement` of a model trained with the reward ``g_spec`` (its hyper-parameters'
     ``g``): the same lambda and distortion, so the refined latents serve the trade-off it learnt."""
     from compressml import g as rewards
-    from compressml.errors import ConfigError
 
     target = g_spec.get("_target_") if isinstance(g_spec, dict) else None
     if target not in REFINABLE_G:

@@ -161,8 +161,7 @@ def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement |
     :func:`refine_latents`); the decoder is unchanged and reads the file as any other."""
     padded, size = pad_to_multiple(x.float(), stride_of(model))
     if refinement is not None and refinement.steps > 0:
-        with torch.enable_grad():
-            y, z = refine_latents(model, x.float(), refinement)
+        y, z = refine_latents(model, x.float(), refinement)  # gradients on inside
         return compress_latents(model, y, z, size)
     with _full_precision(padded):  # the codec is float32 even inside a mixed-precision step
         out = model.compress(padded)
