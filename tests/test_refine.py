@@ -55,7 +55,6 @@ def objective(model, x: torch.Tensor, container: cml.Container, lmbda: float) ->
 
 
 def test_refinement_lowers_the_objective_with_the_same_decoder():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     chosen = premade.lae_for_quality(1)
     codec = CodecModel.load(chosen.bundle)
     refined = codec.refined(20)
@@ -88,7 +87,6 @@ def test_cli_refine_roundtrip_and_refusals(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_large_images_are_refined_tile_by_tile():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     codec = CodecModel.load(premade.lae_for_quality(1).bundle)
     settings = codec.refined(20).refinement
     x = photo_crop(120, 200)
