@@ -105,7 +105,7 @@ def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings
     end, and the plain latents are coded if the refined ones are not better."""
     check_refinable(model)
     padded, size = pad_to_multiple(x.float(), stride_of(model))
-    with torch.no_grad(), tiled_transforms(model, tile, margin):
+    with torch.no_grad(), tiled_transforms(model, tile, margin), torch.autocast(padded.device.type, enabled=False):
         y = model.g_a(padded).float()
         z = None if isinstance(model, FactorizedPrior) else model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
         _, scales, means = entropy_parameters(model, z)
@@ -119,7 +119,7 @@ def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings
             scales[..., e0:e1, g0:g1] if scales is not None else None,
             means[..., e0:e1, g0:g1] if scales is not None else means,
             x[..., a0 * f : min(a1 * f, h), b0 * f : min(b1 * f, w)], settings)
-    with torch.no_grad(), tiled_transforms(model, tile, margin):
+    with torch.no_grad(), tiled_transforms(model, tile, margin), torch.autocast(padded.device.type, enabled=False):
         better = refinement_score(model, y, z, x, settings) < refinement_score(model, plain, z, x, settings)
     return compress_latents(model, y if better else plain, z, size)
 

@@ -185,7 +185,8 @@ class Refinement:
     on ``lmbda * D + R``, D the ``distortion`` the model was trained with (compressml.g.loss_units:
     255²·MSE for mse). Every ``check_every`` steps the latents are scored as they will be coded
     (rounded, 8-bit output) and the best seen is kept, so a refined file is never worse on that
-    objective than the plain one. ``seed`` fixes the training noise: the same input gives the same file."""
+    objective than the plain one. ``seed`` fixes the training noise: the same input gives the same file
+    on the same machine (GPUs, with their non-deterministic kernels, may differ from run to run)."""
 
     steps: int = 50
     lmbda: float = 0.01
@@ -216,17 +217,26 @@ def _bf16_is_fast(device: torch.device) -> bool:
     return False
 
 
-# CompressAI's likelihood floor, applied here rather than through the entropy models' own
-# ``likelihood_lower_bound`` buffers: a float16 bundle stores 1e-9 as 0, and log2(0) is -inf
+# CompressAI's likelihood floor (its LowerBound: the gradient still pushes values up from below),
+# applied here rather than through the entropy models' own ``likelihood_lower_bound`` buffers: a
+# float16 bundle stores 1e-9 as 0, and log2(0) is -inf
 LIKELIHOOD_BOUND = 1e-9
 
 
+def _floor(likelihood: torch.Tensor) -> torch.Tensor:
+    from compressai.ops.bound_ops import LowerBoundFunction
+
+    return LowerBoundFunction.apply(likelihood, torch.tensor(LIKELIHOOD_BOUND, device=likelihood.device))
+
+
 def _entropy_bottleneck_likelihood(eb, values: torch.Tensor) -> torch.Tensor:
-    """The factorized prior's likelihood of ``values`` (N, C, H, W), differentiable in them."""
+    """The factorized prior's likelihood of ``values`` (N, C, H, W), differentiable in them, in float32
+    (its matrix products would run in bfloat16 under autocast)."""
     c = values.shape[1]
-    flat = values.transpose(0, 1).reshape(c, 1, -1)
-    likelihood, _, _ = eb._likelihood(flat)
-    return likelihood.clamp_min(LIKELIHOOD_BOUND)
+    flat = values.float().transpose(0, 1).reshape(c, 1, -1)
+    with _full_precision(flat):
+        likelihood, _, _ = eb._likelihood(flat)
+    return _floor(likelihood)
 
 
 def _noisy(t: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
@@ -245,7 +255,8 @@ def _y_bits(model: CompressionModel, y: torch.Tensor, y_hat: torch.Tensor, scale
     if isinstance(model, FactorizedPrior):
         likelihood = _entropy_bottleneck_likelihood(model.entropy_bottleneck, values)
     else:
-        likelihood = model.gaussian_conditional._likelihood(values, scales, means).clamp_min(LIKELIHOOD_BOUND)
+        with _full_precision(values):
+            likelihood = _floor(model.gaussian_conditional._likelihood(values.float(), scales, means))
     return -torch.log2(likelihood).sum()
 
 
