@@ -36,7 +36,7 @@ LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
 LAE_RUNS = {"": "/tmp/premade2", "_stage2": "/tmp/premade3"}
 
 
-def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = ("",)) -> dict:
+def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = tuple(LAE_RUNS)) -> dict:
     """Quality ``quality`` of the LAE family: a first run (q2 from scratch, the others from q2's
     weights), then the ``stages`` after it, each continuing the run before from its weights."""
     runs = [f"{LAE_RUNS[stage]}/lae_q{quality}/checkpoints/last.ckpt" for stage in stages]
@@ -50,10 +50,10 @@ def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = ("",
 
 # name -> what it is, where its checkpoint was trained, and how
 SPECS = {
-    "lae-q1": lae_spec(1, "0.0018", " (smallest files)", ("", "_stage2")),
-    "lae-q2": lae_spec(2, "0.0067", "", ("", "_stage2")),
-    "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)", ("", "_stage2")),
-    "lae-q4": lae_spec(4, "0.07", " (best quality)", ("", "_stage2")),
+    "lae-q1": lae_spec(1, "0.0018", " (smallest files)"),
+    "lae-q2": lae_spec(2, "0.0067", ""),
+    "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)"),
+    "lae-q4": lae_spec(4, "0.07", " (best quality)"),
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
                            recipe="python train.py experiment=premade/mllae_lossless",
                            description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)"),

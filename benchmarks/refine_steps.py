@@ -21,17 +21,15 @@ from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
 KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
 
 
-def measure(name: str, steps: int, images: list) -> dict:
+def measure(model, name: str, steps: int, images: list) -> dict:
     import numpy as np
     import torch
 
-    from compressml import premade
     from compressml.codec import container as cml
-    from compressml.codec.files import CodecModel
     from compressml.codec.lae import SourceImage
 
-    codec = CodecModel.load(premade.find(name).bundle).refined(steps)
-    lmbda = codec.refined(1).refinement.lmbda  # the model's own
+    codec = model.refined(steps)
+    lmbda = model.refined(1).refinement.lmbda  # the model's own
     rows = []
     for x in images:
         started = time.perf_counter()
@@ -75,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise SystemExit(f"no images in {args.kodak}")
     images = [load_image(q) for q in paths]
+    from compressml import premade
+    from compressml.codec.files import CodecModel
+
     rows = []
     for name in args.models:
+        model = CodecModel.load(premade.find(name).bundle)
         for steps in sorted(set(args.steps)):
-            rows.append(measure(name, steps, images))
+            rows.append(measure(model, name, steps, images))
             print(f"  {name} --refine {steps}: {rows[-1]['bpp']:.4f} bpp, {rows[-1]['psnr']:.2f} dB", flush=True)
     results = {"benchmark": "refine_steps", "machine": machine_info(args.threads), "images": len(images),
                "image_names": [q.name for q in paths], "rows": rows}

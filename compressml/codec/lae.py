@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from compressai.models import FactorizedPrior, MeanScaleHyperprior
 from compressai.models.base import CompressionModel
 
 from compressml.codec.container import Container, ContainerError
@@ -27,6 +26,7 @@ from compressml.models.lae import (
     LAEPayload,
     Refinement,
     check_refinable,
+    coded_latents,
     compress,
     compress_latents,
     decompress,
@@ -106,8 +106,7 @@ def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings
     check_refinable(model)
     padded, size = pad_to_multiple(x.float(), stride_of(model))
     with torch.no_grad(), tiled_transforms(model, tile, margin), torch.autocast(padded.device.type, enabled=False):
-        y = model.g_a(padded).float()
-        z = None if isinstance(model, FactorizedPrior) else model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
+        y, z = coded_latents(model, padded)
         _, scales, means = entropy_parameters(model, z)
     plain = y.clone()
     h, w = size

@@ -159,10 +159,10 @@ def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement |
 
     With a :class:`Refinement` the latents are first optimised for this image (see
     :func:`refine_latents`); the decoder is unchanged and reads the file as any other."""
-    padded, size = pad_to_multiple(x.float(), stride_of(model))
     if refinement is not None and refinement.steps > 0:
         y, z = refine_latents(model, x.float(), refinement)  # gradients on inside
-        return compress_latents(model, y, z, size)
+        return compress_latents(model, y, z, tuple(x.shape[-2:]))
+    padded, size = pad_to_multiple(x.float(), stride_of(model))
     with _full_precision(padded):  # the codec is float32 even inside a mixed-precision step
         out = model.compress(padded)
     return LAEPayload(strings=out["strings"], shape=tuple(out["shape"]), size=size)
@@ -335,6 +335,15 @@ def _frozen(model: CompressionModel):
             p.requires_grad_(True)
 
 
+def coded_latents(model: CompressionModel, padded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y, z) as CompressAI's ``compress`` makes them from a padded batch, in float32; z is None for
+    the factorized prior."""
+    y = model.g_a(padded).float()
+    if isinstance(model, FactorizedPrior):
+        return y, None
+    return y, model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
+
+
 def check_refinable(model: CompressionModel) -> None:
     if type(model) not in REFINABLE:
         raise ConfigError(f"latent refinement supports {', '.join(c.__name__ for c in REFINABLE)}, not {type(model).__name__}")
@@ -347,8 +356,7 @@ def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinemen
     padded, _ = pad_to_multiple(x, stride_of(model))
     with _frozen(model):
         with torch.no_grad(), _full_precision(padded):
-            y = model.g_a(padded).float()
-            z = None if isinstance(model, FactorizedPrior) else model.h_a(y if isinstance(model, MeanScaleHyperprior) else y.abs()).float()
+            y, z = coded_latents(model, padded)
         latents = [t.clone().requires_grad_() for t in (y, z) if t is not None]
 
         def score() -> float:
@@ -369,7 +377,6 @@ def refine_latent_window(model: CompressionModel, window: torch.Tensor, inner: t
     rows, cols = inner
     scales_in = scales[..., rows, cols] if scales is not None else None
     means_in = means[..., rows, cols] if scales is not None else means  # the medians broadcast
-    factor = SYNTHESIS_FACTOR
     with _frozen(model):
         part = window[..., rows, cols].clone().requires_grad_()
 
@@ -378,7 +385,7 @@ def refine_latent_window(model: CompressionModel, window: torch.Tensor, inner: t
                                torch.cat([window[..., rows, : cols.start], part, window[..., rows, cols.stop :]], -1),
                                window[..., rows.stop :, :]], -2)
             y_hat = _quantised(local, means, noise)
-            x_hat = _synthesis(model.g_s, y_hat)[..., rows.start * factor :, cols.start * factor :]
+            x_hat = _synthesis(model.g_s, y_hat)[..., rows.start * SYNTHESIS_FACTOR :, cols.start * SYNTHESIS_FACTOR :]
             x_hat = x_hat[..., : x.shape[-2], : x.shape[-1]]
             bits = _y_bits(model, part, y_hat[..., rows, cols], scales_in, means_in, noise)
             return _objective(settings, x_hat, x, bits, noise)
