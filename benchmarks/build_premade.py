@@ -32,13 +32,11 @@ SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
 LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
 # where the premade LAE recipes were run: the first runs (premade/lae_qN) in /tmp/premade2/lae_qN, the
 # second runs continuing them (premade/lae_qN_stage2, from the first's last.ckpt) in /tmp/premade3;
-# the last checkpoint of the last run ships; q4 has a third run, widened to 192 latent channels
-# (premade/lae_q4_wide, init_widen from the second's last.ckpt), in /tmp/premade4
-LAE_RUNS = {"": "/tmp/premade2", "_stage2": "/tmp/premade3", "_wide": "/tmp/premade4"}
-NARROW = ("", "_stage2")
+# the last checkpoint of the last run ships
+LAE_RUNS = {"": "/tmp/premade2", "_stage2": "/tmp/premade3"}
 
 
-def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = NARROW, width: str = "64/96") -> dict:
+def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = tuple(LAE_RUNS)) -> dict:
     """Quality ``quality`` of the LAE family: a first run (q2 from scratch, the others from q2's
     weights), then the ``stages`` after it, each continuing the run before from its weights."""
     runs = [f"{LAE_RUNS[stage]}/lae_q{quality}/checkpoints/last.ckpt" for stage in stages]
@@ -47,7 +45,7 @@ def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = NARR
         start = "init_from=<that run's last.ckpt>" if stage else ("" if quality == 2 else LAE_FINE_TUNE)
         commands.append(f"python train.py experiment=premade/lae_q{quality}{stage} {start}".rstrip())
     return dict(family="lae", quality=quality, source=runs[-1], earlier=runs[:-1], data=BSD200, recipe="; ".join(commands),
-                description=f"mean-scale hyperprior {width}, lambda {lmbda}{note}")
+                description=f"mean-scale hyperprior 64/96, lambda {lmbda}{note}")
 
 
 # name -> what it is, where its checkpoint was trained, and how
@@ -55,7 +53,7 @@ SPECS = {
     "lae-q1": lae_spec(1, "0.0018", " (smallest files)"),
     "lae-q2": lae_spec(2, "0.0067", ""),
     "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)"),
-    "lae-q4": lae_spec(4, "0.07", " (best quality)", (*NARROW, "_wide"), "64/192"),
+    "lae-q4": lae_spec(4, "0.07", " (best quality)"),
     "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
                            recipe="python train.py experiment=premade/mllae_lossless",
                            description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)"),
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  tuple(Path(e) for e in spec.get("earlier", ()))),
                          "bytes": sum(summary["files"].values())}
     images = kodak_images(args.kodak, args.images)
-    lae = [n for n in SPECS if SPECS[n]["family"] == "lae"]
+    lae = [n for n in SPECS if SPECS[n]["family"] == "lae" and n in entries]
     if any(n in lae for n in names):  # the whole family, for its BD-rates
         print(f"measuring {', '.join(lae)} on {len(images)} Kodak image(s)", flush=True)
         for n, m in measure_lae(sorted(lae), images).items():

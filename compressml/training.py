@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("init_from"):
         from compressml.systems.loading import init_weights
 
-        init_weights(model, cfg.init_from, widen=bool(cfg.get("init_widen")))
+        init_weights(model, cfg.init_from)
     datamodule = instantiate(cfg.data, "data")
     model.adapt_datamodule(datamodule)
     callbacks = _build_all(cfg.get("callbacks"), "callbacks")

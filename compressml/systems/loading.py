@@ -92,33 +92,17 @@ def save_checkpoint(system, path: str | Path) -> Path:
     return path
 
 
-def init_weights(system, path: str | Path, widen: bool = False) -> None:
+def init_weights(system, path: str | Path) -> None:
     """Start ``system`` from the weights of the checkpoint at ``path`` (``init_from=``): same family
-    and architecture, nothing else carried over (a new run: step 0, fresh optimizer, this g).
-
-    ``widen`` (``init_widen=true``): the checkpoint is the same LAE hyperprior with fewer latent
-    channels M, embedded so that the wider model starts out computing the same thing
-    (:mod:`compressml.models.widen`)."""
+    and architecture, nothing else carried over (a new run: step 0, fresh optimizer, this g)."""
     from compressml.errors import ConfigError
 
     ckpt = read_checkpoint(path)
     family = checkpoint_family(ckpt)
     if family != system.family:
         raise ConfigError(f"init_from={path}: a {family or 'non-compressml'} checkpoint cannot start a {system.family} model")
-    if widen:
-        from compressml.models.widen import widened_state
-
-        if family != "lae":
-            raise ConfigError(f"init_widen: only LAE hyperpriors can be widened; {path} is an {family.upper()}")
-        narrow = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        try:
-            system.net.load_state_dict(widened_state(system.net, narrow))
-        except ConfigError as e:
-            raise ConfigError(f"init_from={path} with init_widen: {e}") from None
-        return
     try:
         system.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, ValueError) as e:
-        hint = " (a narrower LAE hyperprior can start a wider one with init_widen=true)" if family == "lae" else ""
-        raise ConfigError(f"init_from={path}: its weights do not fit this model ({first_line(e)}){hint}") from None
+        raise ConfigError(f"init_from={path}: its weights do not fit this model ({first_line(e)})") from None
 
