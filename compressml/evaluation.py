@@ -366,8 +366,11 @@ def run_evaluation(
     settings = dict(settings or {})
     records: list[dict] = []
     learned_names: list[str] = []
+    last: tuple[Path, CodecModel] | None = None  # consecutive entries of one model share its load
     for m in models:
-        model = load_model(m.path)
+        if last is None or last[0] != m.path:
+            last = (m.path, load_model(m.path))
+        model = last[1]
         curve = m.curve or default_curve_name(model.net)
         if m.refine:
             model, curve = model.refined(m.refine), f"{curve}+refine{m.refine}"
@@ -429,7 +432,7 @@ def with_refinement(models: list[LearnedModel], refine) -> list[LearnedModel]:
     if not isinstance(steps, (list, tuple)) or not steps or any(
             not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in steps):
         raise ConfigError(f"refine must be a number of steps >= 0 or a list of them, got {refine!r}")
-    return [replace(m, refine=n) for n in steps for m in models]
+    return [replace(m, refine=n) for m in models for n in steps]  # a model's entries together: loaded once
 
 
 def evaluation_images(datamodule, max_images: int | None = None) -> list[EvalImage]:

@@ -197,6 +197,22 @@ def test_evaluate_config_with_refinement(tmp_path, image_folder, tiny_checkpoint
     assert (tmp_path / "out" / "files" / "compressml-hyperprior+refine2").is_dir()
 
 
+def test_each_model_is_loaded_once_for_all_its_refinements(tmp_path, tiny_checkpoint):
+    from compressml.evaluation import with_refinement
+
+    loads = []
+
+    def load(path):
+        loads.append(path)
+        return CodecModel.load(path)
+
+    image = EvalImage.from_tensor("smooth", torch.from_numpy(smooth_image(64, 64)).permute(2, 0, 1).float() / 255)
+    models = with_refinement([LearnedModel(tiny_checkpoint, "tiny")], [0, 1, 2])
+    result = run_evaluation(models, [image], [], tmp_path / "out", load_model=load)
+    assert loads == [tiny_checkpoint]
+    assert len(result["learned"]) == 3
+
+
 @pytest.mark.parametrize(
     "overrides, error, message",
     [

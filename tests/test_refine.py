@@ -114,7 +114,7 @@ def test_refinement_refuses_what_it_cannot_do():
 def test_evaluation_curves_per_refinement():
     models = [LearnedModel(Path("a"), "a"), LearnedModel(Path("b"), "b")]
     expanded = with_refinement(models, [0, 50])
-    assert [(m.setting, m.refine) for m in expanded] == [("a", 0), ("b", 0), ("a", 50), ("b", 50)]
+    assert [(m.setting, m.refine) for m in expanded] == [("a", 0), ("a", 50), ("b", 0), ("b", 50)]
     assert [m.refine for m in with_refinement(models, 7)] == [7, 7]
     for bad in (-1, [], "50", [True]):
         with pytest.raises(ConfigError):
