@@ -91,6 +91,50 @@ def test_single_byte_corruption_is_detected(pos, value):
         cml.parse(bytes(data))
 
 
+@pytest.fixture(scope="module")
+def premade_file():
+    """A file of the premade lae-q1 (a trained decoder, whose synthesis can overflow on wild latents)."""
+    from skimage import data
+
+    from compressml import premade
+
+    codec = CodecModel.load(premade.lae_for_quality(1).bundle)
+    photo = torch.from_numpy(data.astronaut()[100:228, 150:342].copy()).permute(2, 0, 1).float() / 255
+    return codec, codec.encode(lae_codec.SourceImage(rgb=photo))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 1), st.integers(0, 2**32 - 1), st.sampled_from(["random", "flips", "cut", "grow"]))
+def test_crafted_rans_strings_decode_to_an_image_or_a_one_line_error(premade_file, which, seed, how):
+    """A crafted file passes the CRC (it is recomputed) and reaches CompressAI's rANS decoder with a
+    hostile string: the result is an image of the declared size with finite pixels in [0, 1]
+    (garbage in, garbage out), never a crash, a hang or undefined pixels."""
+    codec, container = premade_file
+    rng = np.random.default_rng(seed)
+    strings = [i for i, (kind, _) in enumerate(container.sections) if kind == lae_codec.STRING]
+    sections = list(container.sections)
+    kind, payload = sections[strings[which]]
+    if how == "random":
+        payload = rng.integers(0, 256, len(payload), dtype=np.uint8).tobytes()
+    elif how == "flips":
+        raw = bytearray(payload)
+        for pos in rng.integers(0, len(raw), 3):
+            raw[pos] ^= 1 << int(rng.integers(8))
+        payload = bytes(raw)
+    elif how == "cut":
+        payload = payload[: int(rng.integers(0, len(payload)))]
+    else:
+        payload += rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+    sections[strings[which]] = (kind, payload)
+    crafted = cml.parse(cml.Container(**{**container.__dict__, "sections": sections}).to_bytes())
+    try:
+        image = codec.decode(crafted)
+    except cml.ContainerError:
+        return
+    assert image.rgb.shape == (3, 128, 192)
+    assert torch.isfinite(image.rgb).all() and image.rgb.min() >= 0 and image.rgb.max() <= 1
+
+
 def test_tiled_coding_matches_whole_image():
     torch.manual_seed(0)
     model = build_lae("mean_scale", 8, 12).eval()

@@ -423,11 +423,14 @@ def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor |
 
 @torch.no_grad()
 def decompress(model: CompressionModel, payload: LAEPayload) -> torch.Tensor:
-    """Inverse of :func:`compress`: the reconstruction, cropped to the original size, clamped to [0, 1]."""
+    """Inverse of :func:`compress`: the reconstruction, cropped to the original size, clamped to [0, 1].
+
+    A damaged or crafted string decodes to other latents, possibly extreme ones whose synthesis
+    overflows: the pixels are then still finite (NaN 0, infinities clamped), never undefined."""
     device = next(model.parameters()).device
     with torch.autocast(device.type, enabled=False):
         out = model.decompress(payload.strings, payload.shape)
-    return crop_to(out["x_hat"], payload.size).clamp_(0, 1)
+    return torch.nan_to_num_(crop_to(out["x_hat"], payload.size), nan=0.0).clamp_(0, 1)
 
 
 def is_updated(model: CompressionModel) -> bool:
