@@ -30,6 +30,15 @@ TINY_MLLAE = [t for t in TINY if not t.startswith("model.")] + [
 ]
 
 
+def photo_crop(h: int = 128, w: int = 128):
+    """A crop of scikit-image's astronaut photo (the project's embedded sample data), (1, 3, H, W) in [0, 1]."""
+    import torch
+    from skimage import data
+
+    arr = data.astronaut()[100 : 100 + h, 150 : 150 + w]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255
+
+
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth colour image with an edge: compressible, unlike noise, so models can learn it."""
     rng = np.random.default_rng(seed)

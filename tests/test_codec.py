@@ -19,7 +19,7 @@ from compressml.codec import lae as lae_codec
 from compressml.codec.files import CodecModel, read_source
 from compressml.models import build_lae
 from compressml.systems import LAESystem
-from conftest import run_cli, smooth_image
+from conftest import photo_crop, run_cli, smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +94,10 @@ def test_single_byte_corruption_is_detected(pos, value):
 @pytest.fixture(scope="module")
 def premade_file():
     """A file of the premade lae-q1 (a trained decoder, whose synthesis can overflow on wild latents)."""
-    from skimage import data
-
     from compressml import premade
 
     codec = CodecModel.load(premade.lae_for_quality(1).bundle)
-    photo = torch.from_numpy(data.astronaut()[100:228, 150:342].copy()).permute(2, 0, 1).float() / 255
-    return codec, codec.encode(lae_codec.SourceImage(rgb=photo))
+    return codec, codec.encode(lae_codec.SourceImage(rgb=photo_crop(128, 192)[0]))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -21,14 +21,7 @@ from compressml.evaluation import LearnedModel, with_refinement
 from compressml.models import build_lae
 from compressml.models.lae import Refinement, compress, compress_latents, stride_of
 from compressml.models.padding import pad_to_multiple
-
-
-def photo_crop(h: int = 128, w: int = 128) -> torch.Tensor:
-    """A crop of scikit-image's astronaut photo (the project's embedded sample data), (1, 3, H, W) in [0, 1]."""
-    from skimage import data
-
-    arr = data.astronaut()[100 : 100 + h, 150 : 150 + w]
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255
+from conftest import photo_crop
 
 
 @pytest.mark.parametrize("arch", ["factorized", "hyperprior", "mean_scale"])
