@@ -118,7 +118,7 @@ def bench_variant(variant: str, ckpt: Path, images: list[dict], repeats: int, pr
                     t["b_dec"].append(dt)
         overhead = codec_overhead(net, a_encode, a_decode, src, data, out, b_out)
         container = cml.parse(data)
-        same_strings = container.sections_of(lae_codec.STRING) == [s[0] for s in out["strings"]]
+        same_strings = lae_codec.coded_strings(container) == [s[0] for s in out["strings"]]
         h, w = src.rgb.shape[-2:]
         same_pixels = torch.equal(decoded.rgb, b_out["x_hat"][0, :, :h, :w].clamp(0, 1))
         rows.append(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import RESULTS, finish, machine_info  # noqa: E402
-from train_throughput import TRAIN, lightning_images_per_s, make_system, throughput_parser  # noqa: E402
+from train_throughput import lightning_images_per_s, make_system, throughput_parser  # noqa: E402
 
 # (label, data options, system options, trainer precision): each row adds one option
 SETTINGS = [

@@ -29,6 +29,7 @@ import torch
 from compressml import metrics
 from compressml.baselines import ClassicalCodec
 from compressml.codec import container as cml
+from compressml.codec.families import family, family_of
 from compressml.codec.files import CodecModel, atomic_write
 from compressml.codec.lae import SourceImage
 from compressml.errors import ConfigError, DataError
@@ -96,11 +97,7 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
         decode_s = time.perf_counter() - start
         rgb = EvalImage.from_tensor(image.name, decoded.rgb).rgb
         record = _record(label, setting, image, path.stat().st_size, rgb, encode_s, decode_s)
-        if model.family == "mllae":
-            from compressml.codec.mllae import block_payload_sizes
-
-            sizes = block_payload_sizes(container, model.net)
-            record.update(block_bytes_max=max(sizes), block_bytes_mean=float(np.mean(sizes)), block_budget=model.net.geometry.bytes)
+        record.update(family(model.family).record_extras(model.net, container))
         records.append(record)
     return records
 
@@ -332,13 +329,7 @@ class LearnedModel:
 
 
 def default_curve_name(net: torch.nn.Module) -> str:
-    from compressml.models.lae import ARCHITECTURES
-    from compressml.models.mllae import MLLAE
-
-    if isinstance(net, MLLAE):
-        return "compressml-mllae-lossless" if net.lossless else f"compressml-mllae-{net.geometry.bytes}B"
-    arch = next((name for name, (cls, _) in ARCHITECTURES.items() if type(net) is cls), type(net).__name__)
-    return f"compressml-{arch}"
+    return family_of(net).curve_name(net)
 
 
 def run_evaluation(

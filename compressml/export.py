@@ -30,7 +30,6 @@ beside ``out`` and renamed into place. Reading a bundle is :mod:`compressml.code
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -40,13 +39,10 @@ import time
 import uuid
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from compressai.layers import GDN
 from torch import nn
 
 from compressml.codec.bundle import (
@@ -57,9 +53,11 @@ from compressml.codec.bundle import (
     load_bundle,
     load_compressai,
 )
+from compressml.checkpoints import checkpoint_family, read_checkpoint
+from compressml.codec.families import FAMILIES, family, family_of
 from compressml.errors import BundleError, CheckpointError, ConfigError
 from compressml.hashing import sha256_file
-from compressml.systems.loading import read_checkpoint
+from compressml.models.graphs import BicubicUpscale, Graph, PlainGDN, plain_transform  # noqa: F401  (re-exported)
 
 __all__ = ["export_bundle", "export_from_config", "load_bundle", "load_compressai", "format_summary"]
 
@@ -67,221 +65,15 @@ ONNX_OPSET = 17
 GRAPH_TOLERANCE = 1e-3  # max |difference| to the PyTorch transform accepted when checking an exported graph
 
 
-class PlainGDN(nn.Module):
-    """GDN / inverse GDN with beta and gamma as constants: same numbers, no custom autograd, exportable."""
-
-    def __init__(self, gdn: GDN):
-        super().__init__()
-        channels = gdn.beta.numel()
-        with torch.no_grad():
-            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
-            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).detach().reshape(channels, channels, 1, 1).clone())
-        self.inverse = bool(gdn.inverse)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = F.conv2d(x**2, self.gamma, self.beta)
-        norm = torch.sqrt(norm) if self.inverse else torch.rsqrt(norm)
-        return x * norm
-
-
-def plain_transform(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` (e.g. ``net.g_a``) in eval mode with every GDN replaced by :class:`PlainGDN`."""
-    module = copy.deepcopy(module)
-    _replace_gdn(module)
-    return module.eval()
-
-
-def _replace_gdn(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if type(child) is GDN:
-            setattr(module, name, PlainGDN(child))
-        elif isinstance(child, GDN):
-            raise BundleError(f"cannot export {type(child).__name__} layers (only CompressAI's GDN)")
-        else:
-            _replace_gdn(child)
-
-
-class MLLAEEncoder(nn.Module):
-    """Blocks (N, 3, block, block) in [0, 1] -> the integer code (as float), quantization included."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.encoder = copy.deepcopy(net.encoder).eval()
-        self.binary = net.quantizer.bits == 1 and type(net.quantizer).__name__ == "BinaryNoise"
-        self.top = float(net.quantizer.levels - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
-        if self.binary:
-            return (z > 0).to(z.dtype)
-        return torch.round(torch.sigmoid(z) * self.top)
-
-
-class MLLAEDecoder(nn.Module):
-    """The integer code (as float) -> blocks in [0, 1]."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.decoder = copy.deepcopy(net.decoder).eval()
-        self.top = float(net.quantizer.levels - 1)
-
-    def forward(self, code: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(self.decoder(code / self.top) + 0.5, 0.0, 1.0)
-
-
-def _keys_cubic(u: float, a: float = -0.5) -> float:
-    """Keys' cubic convolution kernel (a = -0.5: PIL's, MATLAB's and PyTorch's antialiased bicubic)."""
-    u = abs(u)
-    if u < 1:
-        return ((a + 2) * u - (a + 3)) * u * u + 1
-    if u < 2:
-        return (((u - 5) * u + 8) * u - 4) * a
-    return 0.0
-
-
-class BicubicUpscale(nn.Module):
-    """``F.interpolate(x, scale_factor=s, mode="bicubic", antialias=True)`` for an integer s >= 1, in
-    exportable operations (same numbers up to float rounding; the antialiased kernel does not export).
-
-    Upscaling by s with half-pixel centres is a stationary transposed convolution of stride s: output
-    pixel ``o = s*j + t - p`` takes input pixel j with weight ``cubic((p - t - 0.5)/s + 0.5)``, so one
-    kernel of ``s + 2p`` taps (p = 3s // 2) covers the cubic's support and gives exactly ``s*n`` outputs.
-    Like PyTorch's antialiased path, taps that fall outside the image are dropped and the remaining
-    weights renormalised: the zero-padded transposed convolution is divided by that of a plane of ones
-    (per axis, as the kernel is separable).
-    """
-
-    def __init__(self, scale: int, channels: int = 3):
-        super().__init__()
-        self.scale, self.pad, self.channels = int(scale), 3 * int(scale) // 2, int(channels)
-        taps = self.scale + 2 * self.pad
-        kernel = torch.tensor([_keys_cubic((self.pad - t - 0.5) / self.scale + 0.5) for t in range(taps)])
-        self.register_buffer("kernel_w", kernel.view(1, 1, 1, taps).repeat(self.channels, 1, 1, 1))
-        self.register_buffer("kernel_h", kernel.view(1, 1, taps, 1).repeat(self.channels, 1, 1, 1))
-
-    def _along_w(self, x: torch.Tensor, groups: int) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.kernel_w[:groups], stride=(1, self.scale), padding=(0, self.pad), groups=groups)
-
-    def _along_h(self, x: torch.Tensor, groups: int) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.kernel_h[:groups], stride=(self.scale, 1), padding=(self.pad, 0), groups=groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = self._along_h(self._along_w(x, self.channels), self.channels)
-        norm_w = self._along_w(torch.ones_like(x[:1, :1, :1, :]), 1)  # (1, 1, 1, s*W)
-        norm_h = self._along_h(torch.ones_like(x[:1, :1, :, :1]), 1)  # (1, 1, s*H, 1)
-        return up / (norm_h * norm_w)
-
-
-class REDUpscaler(nn.Module):
-    """A RED as one exportable graph: its body, plus :class:`BicubicUpscale` for the global skip."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.body = copy.deepcopy(net.body).eval()
-        self.global_skip = bool(net.global_skip)
-        self.skip = BicubicUpscale(net.scale)
-
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        out = self.body(lr)
-        if self.global_skip:
-            out = out + self.skip(lr)
-        return out
-
-
-@dataclass
-class Graph:
-    """One graph of a bundle: ``module`` is written as ``<name>.pt`` / ``<name>.onnx`` and must compute
-    what ``reference`` (the PyTorch network) computes on ``example``."""
-
-    name: str
-    module: nn.Module
-    reference: nn.Module
-    example: torch.Tensor
-    input_name: str
-    output_name: str
-
-
-def export_graphs(net: nn.Module) -> tuple[list[Graph], dict]:
-    """(graphs to write, their description for the manifest) for a network of any family."""
-    from compressml.models.mllae import MLLAE
-    from compressml.models.red import RED
-
-    gen = torch.Generator().manual_seed(0)
-    if isinstance(net, RED):
-        s = net.scale
-        x = torch.rand(1, 3, 11, 14, generator=gen)
-        graphs = {
-            "upscaler": {"transform": "RED (global skip: antialiased bicubic as transposed convolutions)" if net.global_skip else "RED",
-                         "input": {"name": "lr", "shape": ["batch", 3, "height", "width"]},
-                         "output": {"name": "sr", "shape": ["batch", 3, f"{s}*height", f"{s}*width"]}},
-            "note": "lr is RGB in [0, 1], any size; sr is not clamped (clamp to [0, 1] as compressml does)",
-            "max_abs_diff": {},
-        }
-        return [Graph("upscaler", REDUpscaler(net), net, x, "lr", "sr")], graphs
-    if isinstance(net, MLLAE):
-        g = net.geometry
-        encoder, decoder = MLLAEEncoder(net), MLLAEDecoder(net)
-        x = torch.rand(2, 3, g.block, g.block, generator=gen)
-        with torch.no_grad():
-            y = encoder(x)
-        code_shape = ["blocks", g.latent_channels, g.side, g.side]
-        graphs = {
-            "encoder": {"transform": "encoder + quantizer", "input": {"name": "x", "shape": ["blocks", 3, g.block, g.block]},
-                        "output": {"name": "y", "shape": code_shape}},
-            "decoder": {"transform": "decoder", "input": {"name": "y", "shape": code_shape},
-                        "output": {"name": "x_hat", "shape": ["blocks", 3, g.block, g.block]}},
-            "note": (f"one {g.block}x{g.block} block per batch item (tile and edge-pad images as compressml does); "
-                     f"y holds the integer code ({g.bits} bit(s) per element) as floats; x_hat is clamped to [0, 1]"),
-            "max_abs_diff": {},
-        }
-        return [Graph("encoder", encoder, encoder, x, "x", "y"), Graph("decoder", decoder, decoder, y, "y", "x_hat")], graphs
-    from compressml.models.lae import stride_of
-
-    stride = stride_of(net)
-    encoder, decoder = plain_transform(net.g_a), plain_transform(net.g_s)
-    x = torch.rand(1, 3, 2 * stride, 3 * stride, generator=gen)
-    with torch.no_grad():
-        y = net.g_a(x)
-    graphs = {
-        "encoder": {"transform": "g_a", "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
-                    "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]}},
-        "decoder": {"transform": "g_s", "input": {"name": "y", "shape": ["batch", int(y.shape[1]), "height", "width"]},
-                    "output": {"name": "x_hat", "shape": ["batch", 3, "16*height", "16*width"]}},
-        "note": "height and width of an image must be multiples of the stride (pad as compressml does); x_hat is not clamped",
-        "max_abs_diff": {},
-    }
-    return [Graph("encoder", encoder, net.g_a, x, "x", "y"), Graph("decoder", decoder, net.g_s, y, "y", "x_hat")], graphs
-
-
 # -- reading the checkpoint -------------------------------------------------------------------
 
 
 def net_from_checkpoint(ckpt: dict, path: Path) -> nn.Module:
-    """The network of a checkpoint: an LAE's CompressAI model (CDF tables included, built without the
-    LightningModule), an MLLAE or a RED."""
-    from compressml.models.lae import build_lae, is_updated, load_coding_state
-
-    hparams = ckpt.get("hyper_parameters") or {}
-    family = (ckpt.get("compressml") or {}).get("family", hparams.get("family"))
-    if family in ("mllae", "red"):
-        from compressml.systems.loading import load_system
-
-        return load_system(path, family=family).net
-    if family != "lae" or not isinstance(hparams.get("net"), Mapping):
-        raise CheckpointError(f"{path}: not a compressml LAE checkpoint (family {family!r})")
-    try:
-        net = build_lae(**hparams["net"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad network hyper-parameters ({e})") from None
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        load_coding_state(net, state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the network ({str(e).strip().splitlines()[0]})") from None
-    net.eval()
-    if not is_updated(net):  # checkpoints written by LAESystem always carry CDF tables; older ones may not
-        net.update(force=True)
-    return net
+    """The network of a checkpoint (its family builds it; no LightningModule, CDF tables included)."""
+    name = checkpoint_family(ckpt)
+    if name not in FAMILIES:
+        raise CheckpointError(f"{path}: not a compressml checkpoint (family {name!r})")
+    return family(name).net_from_checkpoint(ckpt, str(path))
 
 
 def _plain_json(value: Any) -> Any:
@@ -444,41 +236,15 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def build_manifest(net: nn.Module, ckpt: dict, checkpoint: Path, folder: Path, graphs: dict) -> dict:
     from compressml.codec.lae import weights_fingerprint
-    from compressml.models.lae import ARCHITECTURES
-    from compressml.models.mllae import MLLAE
-    from compressml.models.red import RED
 
     hparams = ckpt.get("hyper_parameters") or {}
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
     }
-    if isinstance(net, RED):
-        from compressml.systems.red import NET_KEYS
-
-        family = {
-            "family": "red", "architecture": net.arch, "compressai_class": None,
-            "net": {k: hparams[k] for k in NET_KEYS}, "scale": net.scale,
-        }
-    elif isinstance(net, MLLAE):
-        from compressml.systems.mllae import NET_KEYS
-
-        family = {
-            "family": "mllae", "architecture": "mllae", "compressai_class": None,
-            "net": {k: hparams[k] for k in NET_KEYS}, "geometry": net.geometry.as_dict(),
-            "entropy": hparams.get("entropy", "none"), "stride": net.geometry.block,
-        }
-    else:
-        arch = hparams["net"]["arch"]
-        cls, stride = ARCHITECTURES[arch]
-        family = {
-            "family": "lae", "architecture": arch, "compressai_class": cls.__name__,
-            "net": {"channels": net.g_a[0].out_channels, "latent_channels": net.g_a[-1].out_channels},
-            "stride": stride, "compressai_state_dict": WEIGHTS,
-        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        **family,
+        **family_of(net).manifest_fields(net, hparams),
         "fingerprint": weights_fingerprint(net).hex(),
         "hyper_parameters": _plain_json(hparams),
         "metrics": checkpoint_metrics(ckpt),
@@ -548,7 +314,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
 
         graphs: dict[str, Any] = {}
         if torchscript or onnx:
-            specs, graphs = export_graphs(net)
+            specs, graphs = family_of(net).export_graphs(net)
             for spec in specs:
                 graphs[spec.name].update({**({"torchscript": f"{spec.name}.pt"} if torchscript else {}),
                                           **({"onnx": f"{spec.name}.onnx"} if onnx else {})})

@@ -20,7 +20,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from compressml.errors import CompressMLError, DataError
+from compressml.errors import DataError
 
 log = logging.getLogger(__name__)
 

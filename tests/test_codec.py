@@ -18,7 +18,6 @@ from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
 from compressml.codec.files import CodecModel, read_source
 from compressml.models import build_lae
-from compressml.systems import LAESystem
 from conftest import photo_crop, run_cli, smooth_image
 
 
@@ -108,9 +107,12 @@ def test_crafted_rans_strings_decode_to_an_image_or_a_one_line_error(premade_fil
     (garbage in, garbage out), never a crash, a hang or undefined pixels."""
     codec, container = premade_file
     rng = np.random.default_rng(seed)
-    strings = [i for i, (kind, _) in enumerate(container.sections) if kind == lae_codec.STRING]
+    from compressml.codec import layout
+
+    index = next(i for i, (kind, _) in enumerate(container.sections) if kind == lae_codec.STRINGS)
     sections = list(container.sections)
-    kind, payload = sections[strings[which]]
+    strings = layout.read_blobs(sections[index][1], 16)
+    payload = strings[which]
     if how == "random":
         payload = rng.integers(0, 256, len(payload), dtype=np.uint8).tobytes()
     elif how == "flips":
@@ -122,7 +124,8 @@ def test_crafted_rans_strings_decode_to_an_image_or_a_one_line_error(premade_fil
         payload = payload[: int(rng.integers(0, len(payload)))]
     else:
         payload += rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
-    sections[strings[which]] = (kind, payload)
+    strings[which] = payload
+    sections[index] = (lae_codec.STRINGS, layout.write_blobs(strings))
     crafted = cml.parse(cml.Container(**{**container.__dict__, "sections": sections}).to_bytes())
     try:
         image = codec.decode(crafted)

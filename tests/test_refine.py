@@ -87,7 +87,7 @@ def test_large_images_are_refined_tile_by_tile():
     plain = codec.encode(image)
     # 8 x 13 latent pixels in tiles of 4 with 2 of margin: 6 tiles, each refined on its own pixels
     payload = lae_codec.compress_refined_in_tiles(codec.net, x, settings, tile=4, margin=2)
-    tiled = replace(plain, sections=[plain.sections[0]] + [(lae_codec.STRING, s[0]) for s in payload.strings])
+    tiled = replace(plain, sections=[plain.sections[0], lae_codec.strings_section([s[0] for s in payload.strings])])
     assert objective(codec.net, x, tiled, settings.lmbda) < objective(codec.net, x, plain, settings.lmbda)
     # the encoder takes that path above its tile size, and the file decodes as any other
     big = lae_codec.encode(codec.net, image, plain.fingerprint, tile_pixels=64 * 64, refinement=settings)

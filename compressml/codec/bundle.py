@@ -23,14 +23,13 @@ from typing import Any
 import torch
 from compressai.models.base import CompressionModel
 
+from compressml.codec.families import FAMILIES, WEIGHTS, family
 from compressml.errors import BundleError, ConfigError, first_line
 from compressml.hashing import sha256_file
 
 FORMAT = "compressml-bundle"
-FAMILIES = ("lae", "mllae", "red")
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -77,12 +76,7 @@ def validate_manifest(manifest: Any, where: str) -> dict:
     if manifest.get("family") not in FAMILIES:
         known = ", ".join(repr(f) for f in FAMILIES)
         raise BundleError(f"{where}: unknown model family {manifest.get('family')!r} (this compressml loads {known})")
-    if manifest["family"] == "mllae":
-        _validate_mllae(manifest, bad)
-    elif manifest["family"] == "red":
-        _validate_red(manifest, bad, where)
-    else:
-        _validate_lae(manifest, bad, where)
+    family(manifest["family"]).validate_manifest(manifest, bad, where)
     if manifest.get("dtype", "float32") not in ("float32", "float16"):
         raise bad(f"dtype must be float32 or float16, got {manifest.get('dtype')!r}")
     if not _is_hex(manifest.get("fingerprint"), 32):
@@ -96,69 +90,6 @@ def validate_manifest(manifest: Any, where: str) -> dict:
         if not isinstance(entry, dict) or not _is_hex(entry.get("sha256"), 64):
             raise bad(f"files[{name!r}] needs a sha256 of 64 hex digits")
     return manifest
-
-
-def _validate_mllae(manifest: dict, bad) -> None:
-    from compressml.codec.mllae import ENTROPY_STAGES
-    from compressml.systems.mllae import NET_KEYS
-
-    net = manifest.get("net")
-    if not isinstance(net, dict) or set(net) != set(NET_KEYS):
-        raise bad(f"net must hold exactly {', '.join(NET_KEYS)}")
-    if manifest.get("entropy") not in ENTROPY_STAGES:
-        raise bad(f"entropy must be one of {', '.join(ENTROPY_STAGES)}")
-    _check_sizes(net, MLLAE_LIMITS, bad)
-
-
-# Upper bounds of a bundle's size fields: a crafted manifest must not make the loader build
-# (allocate) a network of any size before the weights are checked against it.
-LAE_LIMITS = {"channels": 1024, "latent_channels": 1024}
-MLLAE_LIMITS = {"bytes": 1 << 20, "block": 1024, "bits": 16, "stride": 1024, "channels": 1024,
-                "max_latent_channels": 4096, "residual_channels": 1024}
-
-
-def _check_sizes(net: dict, limits: dict[str, int], bad) -> None:
-    for key, limit in limits.items():
-        if not _positive_int(net.get(key)) or net[key] > limit:
-            raise bad(f"net.{key} must be an integer in 1..{limit}, got {net.get(key)!r}")
-
-
-def _validate_red(manifest: dict, bad, where: str) -> None:
-    from compressml.models.red import ARCHITECTURES, SCALES
-    from compressml.systems.red import NET_KEYS
-
-    net = manifest.get("net")
-    if not isinstance(net, dict) or set(net) != set(NET_KEYS):
-        raise bad(f"net must hold exactly {', '.join(NET_KEYS)}")
-    if net["arch"] not in ARCHITECTURES:
-        raise BundleError(f"{where}: unknown architecture {net['arch']!r}; known: {', '.join(ARCHITECTURES)}")
-    if manifest.get("architecture") != net["arch"]:
-        raise bad(f"architecture {manifest.get('architecture')!r} does not match net.arch {net['arch']!r}")
-    if type(net["scale"]) is not int or net["scale"] not in SCALES or manifest.get("scale") != net["scale"]:
-        raise bad(f"scale and net.scale must be the same one of {', '.join(map(str, SCALES))}")
-    if any(net[k] is not None and type(net[k]) is not int for k in ("channels", "blocks")):
-        raise bad("net.channels and net.blocks must be integers or null")
-    if (net["channels"] or 0) > 1024 or (net["blocks"] or 0) > 256:
-        raise bad("net.channels (<= 1024) or net.blocks (<= 256) is out of range")
-    if not isinstance(net["global_skip"], bool):
-        raise bad("net.global_skip must be true or false")
-
-
-def _validate_lae(manifest: dict, bad, where: str) -> None:
-    from compressml.models.lae import ARCHITECTURES
-
-    arch = manifest.get("architecture")
-    if arch not in ARCHITECTURES:
-        raise BundleError(f"{where}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    cls, stride = ARCHITECTURES[arch]
-    if manifest.get("compressai_class") != cls.__name__:
-        raise bad(f"compressai_class {manifest.get('compressai_class')!r} does not match architecture {arch!r}")
-    if manifest.get("stride") != stride:
-        raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
-    net = manifest.get("net")
-    if not isinstance(net, dict):
-        raise bad("net must be an object")
-    _check_sizes(net, LAE_LIMITS, bad)
 
 
 def read_manifest(path: str | Path) -> tuple[Path, dict]:
@@ -206,22 +137,6 @@ def _check_fingerprint(net: torch.nn.Module, root: Path, manifest: dict) -> None
         raise BundleError(f"{root}: weights fingerprint {actual[:12]} does not match the manifest's {manifest['fingerprint'][:12]}")
 
 
-def _build_net(manifest: dict) -> torch.nn.Module:
-    """The manifest's network with fresh weights (raises ConfigError or TypeError for bad hyper-parameters)."""
-    family, net = manifest["family"], manifest["net"]
-    if family == "mllae":
-        from compressml.models.mllae import MLLAE
-
-        return MLLAE(**net)
-    if family == "red":
-        from compressml.models.red import RED
-
-        return RED(**net)
-    from compressml.models.lae import build_lae
-
-    return build_lae(manifest["architecture"], net["channels"], net["latent_channels"])
-
-
 def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode: a CompressAI model or an MLLAE ready to code, or a RED ready to upscale, manifest)
     from a bundle folder or its manifest.json.
@@ -230,20 +145,16 @@ def load_bundle(path: str | Path) -> tuple[torch.nn.Module, dict]:
     weights have the manifest's fingerprint (so ``.cml`` files made from the
     training checkpoint decode with the bundle and vice versa).
     """
-    from compressml.models.lae import load_coding_state
-
     root, manifest = read_manifest(path)
     verify_files(root, manifest)
     state = read_weights(root)
+    owner = family(manifest["family"])
     try:
-        net = _build_net(manifest)
+        net = owner.build(owner.manifest_spec(manifest))
     except (ConfigError, TypeError, RuntimeError, MemoryError) as e:
         raise BundleError(f"{root}: {first_line(e)}") from None
     try:
-        if manifest["family"] == "lae":
-            load_coding_state(net, state, strict=True)
-        else:
-            net.load_state_dict(state, strict=True)
+        owner.load_state(net, state)
     except RuntimeError as e:
         raise BundleError(f"{root}: weights do not fit the manifest's network ({str(e).strip().splitlines()[0]})") from None
     net.eval()
@@ -259,10 +170,19 @@ def load_compressai(path: str | Path) -> CompressionModel:
     if manifest["family"] != "lae":
         raise BundleError(f"{root}: a {manifest['family']!r} bundle has no CompressAI model")
     verify_files(root, manifest)
+    from compressml.models.lae import architecture
+
     cls = getattr(compressai.models, manifest["compressai_class"])
+    net_args = manifest["net"]
+    kwargs = {"N": net_args["channels"]}
+    if "M" in architecture(manifest["architecture"]).widths:
+        kwargs["M"] = net_args["latent_channels"]
+    if net_args.get("groups") is not None:
+        kwargs["groups"] = net_args["groups"]
     try:
-        net = cls.from_state_dict(read_weights(root))
-    except (KeyError, RuntimeError, ValueError) as e:
+        net = cls(**kwargs)  # CompressAI's own constructor and its resizing load
+        net.load_state_dict(read_weights(root))
+    except (KeyError, RuntimeError, ValueError, TypeError, AssertionError) as e:
         raise BundleError(f"{root}: CompressAI cannot load the weights ({str(e).strip().splitlines()[0]})") from None
     net.eval()
     _check_fingerprint(net, root, manifest)

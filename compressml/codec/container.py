@@ -3,7 +3,7 @@
 Layout (big-endian)::
 
     magic        4  b"CML\\x1a"
-    version      1  FORMAT_VERSION
+    version      1  FORMAT_VERSION (2; files of version 1 are still read)
     family       1  FAMILY_IDS (1 = LAE, 2 = MLLAE, 3 = hybrid: base codec + RED)
     flags        2  reserved, 0
     fingerprint 16  first 16 bytes of the SHA-256 of the weights that made the file
@@ -16,6 +16,10 @@ Layout (big-endian)::
     n_sections   2
     then n_sections times:  kind 1, length 4, payload
     crc32        4  of everything before it
+
+Section kinds are the family's (see each codec module, and docs/FORMAT.md for the whole
+specification). Since version 2, kinds 0x80 and above are optional: a reader that does not know
+one skips it; a kind below 0x80 that a reader does not know makes it refuse the file.
 
 The reader checks the size, magic, version, family, geometry limits, every section
 length against the bytes that remain, and the CRC, all before it allocates
@@ -31,7 +35,8 @@ from dataclasses import dataclass, field
 from compressml.errors import CompressMLError
 
 MAGIC = b"CML\x1a"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+OPTIONAL_KINDS = 0x80  # section kinds from here on may be skipped by a reader that does not know them
 FAMILY_IDS = {"lae": 1, "mllae": 2, "hybrid": 3}
 FAMILY_NAMES = {v: k for k, v in FAMILY_IDS.items()}
 
@@ -59,6 +64,13 @@ class Container:
     pad_h: int = 0
     pad_w: int = 0
     sections: list[tuple[int, bytes]] = field(default_factory=list)
+    version: int = FORMAT_VERSION  # as read; files are always written at FORMAT_VERSION
+
+    def check_kinds(self, known: set[int]) -> None:
+        """Refuse a section this reader must understand but does not (a newer file's)."""
+        for kind, _ in self.sections:
+            if kind not in known and kind < OPTIONAL_KINDS:
+                raise ContainerError(f"unknown section kind {kind:#04x} (made by a newer compressml?)")
 
     def section(self, kind: int) -> bytes:
         for k, payload in self.sections:
@@ -137,5 +149,5 @@ def parse(data: bytes) -> Container:
         raise ContainerError("checksum mismatch: the file is corrupt")
     return Container(
         family=FAMILY_NAMES[family_id], fingerprint=fingerprint, height=height, width=width,
-        channels=channels, bit_depth=bit_depth, pad_h=pad_h, pad_w=pad_w, sections=sections,
+        channels=channels, bit_depth=bit_depth, pad_h=pad_h, pad_w=pad_w, sections=sections, version=version,
     )

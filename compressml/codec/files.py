@@ -20,7 +20,7 @@ from PIL import Image
 from compressml.codec import bundle
 from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
-from compressml.codec import mllae as mllae_codec
+from compressml.codec.families import family
 from compressml.codec.lae import SourceImage
 from compressml.data.images import GREY_MODES, IMAGE_SUFFIXES, array_to_tensor, list_images, open_image, pil_to_array
 from compressml.errors import CheckpointError, CompressMLError, DataError
@@ -78,25 +78,19 @@ def atomic_write(path: Path, write, force: bool) -> None:
 def load_net(path: str | Path) -> tuple[torch.nn.Module, str, bytes, dict]:
     """(network, family, fingerprint, the family's coding options) of an export bundle (its folder or
     manifest.json; never unpickles) or a Lightning checkpoint (loaded with ``weights_only``)."""
+    from compressml.checkpoints import checkpoint_family, read_checkpoint
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model file or bundle folder")
     if path.is_dir() or path.name == bundle.MANIFEST:
         net, manifest = bundle.load_bundle(path)
-        family, fingerprint = manifest["family"], bytes.fromhex(manifest["fingerprint"])
-        hparams = manifest.get("hyper_parameters") or {}
-        entropy = manifest.get("entropy")
-    else:
-        from compressml.systems.base import plain
-        from compressml.systems.loading import load_system
-
-        system = load_system(path)
-        net, family, fingerprint = system.net, system.family, lae_codec.weights_fingerprint(system.net)
-        hparams = {k: plain(v) for k, v in system.hparams.items()}
-        entropy = hparams.get("entropy")
-    if family == "mllae":
-        return net, family, fingerprint, {"entropy": entropy}
-    return net, family, fingerprint, ({"g": hparams.get("g")} if family == "lae" else {})
+        owner = family(manifest["family"])
+        return net, owner.name, bytes.fromhex(manifest["fingerprint"]), owner.coding_options(manifest)
+    ckpt = read_checkpoint(path)
+    owner = family(checkpoint_family(ckpt))
+    net = owner.net_from_checkpoint(ckpt, str(path))
+    return net, owner.name, lae_codec.weights_fingerprint(net), owner.coding_options(ckpt.get("hyper_parameters") or {})
 
 
 @dataclass
@@ -121,29 +115,28 @@ class CodecModel:
             return replace(self, refinement=None)
         if self.family != "lae":
             raise CompressMLError(f"--refine is for LAE models; {self.source} is an {self.family.upper()}")
+        from compressml.models.lae import check_refinable
+
+        check_refinable(self.net)
         return replace(self, refinement=lae_codec.refinement_for(self.options.get("g"), steps))
 
     @classmethod
     def load(cls, path: str | Path) -> "CodecModel":
         """From an export bundle (its folder or manifest.json; never unpickles) or a Lightning .ckpt."""
-        net, family, fingerprint, options = load_net(path)
-        if family == "red":
+        net, name, fingerprint, options = load_net(path)
+        if not family(name).codes:
             raise CheckpointError(_red_hint(path))
-        return cls(net=net, fingerprint=fingerprint, source=str(path), family=family, options=options)
+        return cls(net=net, fingerprint=fingerprint, source=str(path), family=name, options=options)
 
     def encode(self, image: SourceImage) -> cml.Container:
         with torch.no_grad():
-            if self.family == "mllae":
-                return mllae_codec.encode(self.net, image, self.fingerprint, **self.options)
-            return lae_codec.encode(self.net, image, self.fingerprint, refinement=self.refinement)
+            return family(self.family).encode(self.net, image, self.fingerprint, refinement=self.refinement, **self.options)
 
     def decode(self, container: cml.Container) -> SourceImage:
         if container.family != self.family:
             raise cml.ContainerError(f"this file holds a {container.family!r} code; the model is {self.family!r}")
         with torch.no_grad():
-            if self.family == "mllae":
-                return mllae_codec.decode(self.net, container, self.fingerprint)
-            return lae_codec.decode(self.net, container, self.fingerprint)
+            return family(self.family).decode(self.net, container, self.fingerprint)
 
 
 def _red_hint(path) -> str:
@@ -157,12 +150,12 @@ def load_codec(model: str | Path, base: str | None = None, setting: int | None =
     from compressml.codec.hybrid import HybridCodec
     from compressml.upscale import Upscaler
 
-    net, family, fingerprint, options = load_net(model)  # loaded once, whatever the family
-    if family == "red":
+    net, name, fingerprint, options = load_net(model)  # loaded once, whatever the family
+    if not family(name).codes:
         return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, setting)
     if base is not None or setting is not None:
         raise CompressMLError("--base and --quality are for the hybrid codec: -m must then be a RED model")
-    return CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=family, options=options)
+    return CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
 
 
 def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:

@@ -1,10 +1,17 @@
 """LAE images to and from ``.cml`` containers.
 
-Sections: ``SHAPE`` (the top latent's height and width), one ``STRING`` section per
-latent (y, then z for hyperpriors), and ``ALPHA`` (the alpha plane, zlib-compressed,
-lossless) for RGBA inputs. Images above ``tile_pixels`` go through the transforms
-in overlapping tiles (see :mod:`compressml.codec.tiling`), so memory stays bounded
-with no seams and the same bits as the whole-image path.
+Sections of format version 2 (docs/FORMAT.md): ``LAYOUT`` (the decoding mode, then CompressAI's
+``shape`` of the coded latents as a tree, see :mod:`compressml.codec.layout`), ``STRINGS`` (every
+string group CompressAI's ``compress`` returns, in its order) and ``ALPHA`` (the alpha plane,
+zlib-compressed, lossless) for RGBA inputs. Version 1 files (``SHAPE``: the top latent's height and
+width; one ``STRING`` section per latent) are still read.
+
+The decoding mode ``compressai`` (0) decodes with CompressAI's own float arithmetic: the strings are
+those of CompressAI's ``compress`` on the same weights and padded input, bit for bit.
+
+Images above ``tile_pixels`` go through the transforms in overlapping tiles (see
+:mod:`compressml.codec.tiling`; the margin is measured from the architecture), so memory stays
+bounded with no seams and the same bits as the whole-image path.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import numpy as np
 import torch
 from compressai.models.base import CompressionModel
 
+from compressml.codec import layout
 from compressml.codec.container import Container, ContainerError
-from compressml.codec.tiling import tile_windows, tiled_transforms
+from compressml.codec.tiling import latent_margin, tile_windows, tiled_transforms
 from compressml.errors import CompressMLError, ConfigError
 from compressml.models.lae import (
     SYNTHESIS_FACTOR,
@@ -31,6 +39,7 @@ from compressml.models.lae import (
     compress_latents,
     decompress,
     entropy_parameters,
+    expected_layout,
     is_updated,
     latent_count,
     refine_latent_window,
@@ -39,7 +48,11 @@ from compressml.models.lae import (
 )
 from compressml.models.padding import pad_to_multiple
 
-SHAPE, STRING, ALPHA = 0x01, 0x10, 0x20
+SHAPE, LAYOUT, STRING, STRINGS, ALPHA = 0x01, 0x02, 0x10, 0x11, 0x20
+# decoding modes (LAYOUT's first byte): how the decoder computes what chooses the CDFs and the pixels
+MODES = {"compressai": 0}
+MODE_NAMES = {v: k for k, v in MODES.items()}
+MAX_STRING_GROUPS = 256
 
 TILE_PIXELS = 1024 * 1024  # above this many (padded) pixels the transforms run in tiles
 
@@ -77,12 +90,12 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
         if refinement is not None and refinement.steps > 0:
             payload = compress_refined_in_tiles(model, x, refinement)
         else:
-            with tiled_transforms(model):
+            with tiled_transforms(model, margin=latent_margin(model)):
                 payload = compress(model, x)
     else:
         payload = compress(model, x, refinement)
-    sections = [(SHAPE, struct.pack(">II", *payload.shape))]
-    sections += [(STRING, group[0]) for group in payload.strings]
+    sections = [(LAYOUT, bytes([MODES["compressai"]]) + layout.write_tree(payload.shape)),
+                strings_section([group[0] for group in payload.strings])]
     sections += alpha_section(image)
     return Container(
         family="lae",
@@ -131,25 +144,60 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
     h, w = container.height, container.width
     if container.pad_h != (-h) % stride or container.pad_w != (-w) % stride:
         raise ContainerError("padding does not match the image size and the model's stride")
-    shape_bytes = container.section(SHAPE)
-    if len(shape_bytes) != 8:
-        raise ContainerError("malformed latent-shape section")
-    shape = struct.unpack(">II", shape_bytes)
-    # the top latent is y (stride 16) for the factorized prior, z (stride 64) for hyperpriors
-    if shape != ((h + container.pad_h) // stride, (w + container.pad_w) // stride):
-        raise ContainerError("latent shape does not match the image size")
-    strings = container.sections_of(STRING)
-    n_latents = latent_count(model)
-    if len(strings) != n_latents:
-        raise ContainerError(f"expected {n_latents} coded latents, found {len(strings)}")
+    padded = (h + container.pad_h, w + container.pad_w)
+    shape, strings = (_read_payload_v1 if container.version == 1 else _read_payload)(model, container, padded)
     payload = LAEPayload(strings=[[s] for s in strings], shape=shape, size=(h, w))
-    if (h + container.pad_h) * (w + container.pad_w) > tile_pixels:
-        with tiled_transforms(model):
+    if padded[0] * padded[1] > tile_pixels:
+        with tiled_transforms(model, margin=latent_margin(model)):
             x_hat = decompress(model, payload)
     else:
         x_hat = decompress(model, payload)
     return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
                        alpha=decode_alpha(container, h, w))
+
+
+def coded_strings(container: Container) -> list[bytes]:
+    """The string groups of an LAE file (version 1 or 2), in CompressAI's order, unchecked."""
+    if container.version == 1:
+        return container.sections_of(STRING)
+    return layout.read_blobs(container.section(STRINGS), MAX_STRING_GROUPS)
+
+
+def strings_section(strings: list[bytes]) -> tuple[int, bytes]:
+    """The STRINGS section of these string groups."""
+    return (STRINGS, layout.write_blobs(strings))
+
+
+def _read_payload(model: CompressionModel, container: Container, padded: tuple[int, int]):
+    """(shape, strings) of a version 2 file, checked against what the model makes of this image size."""
+    container.check_kinds({LAYOUT, STRINGS, ALPHA})
+    raw = container.section(LAYOUT)
+    if not raw or raw[0] not in MODE_NAMES:
+        raise ContainerError(f"unknown decoding mode {raw[0] if raw else None} (made by a newer compressml?)")
+    shape, groups = expected_layout(model, *padded)
+    if layout.read_tree(raw, 1) != shape:
+        raise ContainerError("latent shape does not match the image size and the model")
+    strings = layout.read_blobs(container.section(STRINGS), MAX_STRING_GROUPS)
+    if len(strings) != groups:
+        raise ContainerError(f"expected {groups} string groups, found {len(strings)}")
+    return shape, strings
+
+
+def _read_payload_v1(model: CompressionModel, container: Container, padded: tuple[int, int]):
+    """(shape, strings) of a version 1 file: a SHAPE section (the top latent's height and width, which is
+    y for the factorized prior and z for the hyperpriors) and one STRING section per latent."""
+    container.check_kinds({SHAPE, STRING, ALPHA})
+    shape_bytes = container.section(SHAPE)
+    if len(shape_bytes) != 8:
+        raise ContainerError("malformed latent-shape section")
+    stride = stride_of(model)
+    shape = struct.unpack(">II", shape_bytes)
+    if shape != (padded[0] // stride, padded[1] // stride):
+        raise ContainerError("latent shape does not match the image size")
+    strings = container.sections_of(STRING)
+    if len(strings) != latent_count(model):
+        raise ContainerError(f"expected {latent_count(model)} coded latents, found {len(strings)}")
+    return shape, strings
 
 
 # the rewards whose lambda * D + R a refinement can minimise (picked here, never imported from a file)

@@ -68,3 +68,53 @@ def tiled_transforms(model: nn.Module, tile: int = 32, margin: int = 4, factor: 
         yield model
     finally:
         model.g_a, model.g_s = g_a, g_s
+
+
+_MARGINS: dict[type, int] = {}
+PROBE_RADIUS = 12  # latent pixels: the widest receptive field the probe can see
+
+
+def latent_margin(model: nn.Module, factor: int = 16) -> int:
+    """Latent pixels of context a tile needs so that tiled transforms equal whole ones: one more than
+    the wider receptive radius of ``model.g_a`` and ``model.g_s``, in latent pixels.
+
+    Measured, not declared: on a small-width copy of the architecture (the receptive field does not
+    depend on the widths), a change of one latent pixel (for g_s) or one input pixel (for g_a) is
+    traced to every output it reaches. Once per architecture and process."""
+    cls = type(model)
+    if cls not in _MARGINS:
+        from compressml.models.lae import architecture_of, build_lae
+
+        spec = architecture_of(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            probe = build_lae(spec.name, 8, 16 if "M" in spec.widths else None).eval()
+            _MARGINS[cls] = 1 + max(_radius(probe.g_a, factor, down=True), _radius(probe.g_s, factor, down=False))
+    return _MARGINS[cls]
+
+
+@torch.no_grad()
+def _radius(transform: nn.Module, factor: int, down: bool) -> int:
+    r = PROBE_RADIUS
+    side = 2 * r + 1
+    gen = torch.Generator().manual_seed(0)
+    if down:
+        x = torch.rand(1, 3, side * factor, side * factor, generator=gen)
+        bumped = x.clone()
+        bumped[..., r * factor, r * factor] += 0.5
+        diff = (transform(bumped) - transform(x)).abs().amax(dim=(0, 1))
+        rows, cols = torch.nonzero(diff, as_tuple=True)
+        extent = max(r - int(rows.min()), int(rows.max()) - r, r - int(cols.min()), int(cols.max()) - r)
+    else:
+        channels = next(m for m in transform.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))).in_channels
+        y = torch.randn(1, channels, side, side, generator=gen)
+        bumped = y.clone()
+        bumped[..., r, r] += 1.0
+        diff = (transform(bumped) - transform(y)).abs().amax(dim=(0, 1))
+        rows, cols = torch.nonzero(diff, as_tuple=True)
+        lo, hi = r * factor, (r + 1) * factor - 1
+        pixels = max(lo - int(rows.min()), int(rows.max()) - hi, lo - int(cols.min()), int(cols.max()) - hi)
+        extent = -(-pixels // factor)
+    if extent >= r:
+        raise RuntimeError(f"receptive field wider than the probe ({r} latent pixels)")
+    return extent

@@ -1,7 +1,8 @@
 """Pure ``nn.Module`` model families; nothing here imports Lightning, Hydra or W&B."""
 
 from compressml.models.lae import (
-    ARCHITECTURES,
+    architecture,
+    architectures,
     LAEPayload,
     build_lae,
     compress,
@@ -12,7 +13,8 @@ from compressml.models.lae import (
 from compressml.models.padding import crop_to, pad_to_multiple
 
 __all__ = [
-    "ARCHITECTURES",
+    "architecture",
+    "architectures",
     "LAEPayload",
     "build_lae",
     "compress",

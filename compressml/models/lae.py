@@ -12,53 +12,200 @@ apart from MLLAE-N's byte budget on purpose.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
-from compressai.models.base import CompressionModel
+from compressai.models.base import CompressionModel, SimpleVAECompressionModel
+from compressai.models.google import JointAutoregressiveHierarchicalPriors
 
 from compressml.errors import ConfigError
 from compressml.models.padding import crop_to, pad_to_multiple
 
-# architecture name -> (CompressAI class, spatial stride the input must divide by)
-ARCHITECTURES: dict[str, tuple[type[CompressionModel], int]] = {
-    "factorized": (FactorizedPrior, 16),  # bmshj2018-factorized
-    "hyperprior": (ScaleHyperprior, 64),  # bmshj2018-hyperprior
-    "mean_scale": (MeanScaleHyperprior, 64),  # mbt2018-mean
-}
+# -- the architecture registry ----------------------------------------------------------------------
+# Every fixed-rate image model that CompressAI registers (compressai.registry.MODELS) is an LAE
+# architecture; its facts (constructor widths, stride, context model, what training supports) are read
+# off the class, so a new CompressAI image model needs no code here. The variable-rate (-vbr) classes
+# and the point-cloud and video models are left out. Three names of earlier compressml releases stay
+# as aliases (checkpoints, bundles and curves use them).
+
+IMAGE_MODEL_MODULES = ("compressai.models.google", "compressai.models.waseda", "compressai.models.sensetime")
+ALIASES = {"factorized": "bmshj2018-factorized", "hyperprior": "bmshj2018-hyperprior", "mean_scale": "mbt2018-mean"}
+# the classes whose forward compressml re-implements (float32 entropy models under autocast, ste) and
+# whose latents an encoder can refine (no context model): CompressAI's 2018 factorized and hyperpriors
+REFERENCE_CLASSES = (FactorizedPrior, ScaleHyperprior)
+MAX_WIDTH = 1024  # channels and latent_channels (bundle manifests are checked against it too)
 
 
-def build_lae(arch: str, channels: int = 128, latent_channels: int = 192) -> CompressionModel:
-    """A fresh CompressAI model for ``arch`` (one of :data:`ARCHITECTURES`)."""
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown LAE architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    if channels < 1 or latent_channels < 1:
-        raise ConfigError(f"LAE channel counts must be positive, got channels={channels}, latent_channels={latent_channels}")
-    cls, _ = ARCHITECTURES[arch]
-    return cls(N=channels, M=latent_channels)
+@dataclass(frozen=True)
+class LAEArchitecture:
+    """One CompressAI image model as compressml trains and codes it.
+
+    ``widths`` are the constructor's width arguments: ``("N", "M")``, or ``("N",)`` where M = N
+    (cheng2020); ``stride`` the multiple an input side must be (the hyper-latent's downsampling);
+    ``context`` the context model of y: ``none``, ``serial`` (an autoregressive masked convolution,
+    coded pixel by pixel), ``checkerboard`` (two parallel passes) or ``channel-groups`` (ELIC's
+    uneven channel groups, each with a checkerboard)."""
+
+    name: str
+    registry_name: str
+    cls: type
+    widths: tuple[str, ...]
+    stride: int
+    context: str
+
+    @property
+    def hyper(self) -> bool:
+        return not issubclass(self.cls, FactorizedPrior)
+
+    @property
+    def refinable(self) -> bool:
+        """Encoder-side latent refinement (``compress --refine``) needs a model without a context model."""
+        return issubclass(self.cls, REFERENCE_CLASSES) and self.context == "none"
+
+    @property
+    def ste_refusal(self) -> str | None:
+        """Why ``quantization=ste`` cannot train this architecture (None: it can)."""
+        if self.context == "serial":
+            return (f"{self.name}: quantization=ste is not available: its serial context model predicts the "
+                    "means from the very latents that would be rounded around them; use quantization=noise")
+        return None
+
+    @property
+    def serial(self) -> bool:
+        return self.context == "serial"
+
+
+def _context_of(cls: type) -> str:
+    """The context model a class builds, read off the latent codecs its constructor names."""
+    if issubclass(cls, JointAutoregressiveHierarchicalPriors):
+        return "serial"
+    names = set(cls.__init__.__code__.co_names)
+    if "ChannelGroupsLatentCodec" in names:
+        return "channel-groups"
+    if "CheckerboardLatentCodec" in names:
+        return "checkerboard"
+    return "none"
+
+
+def _widths_of(cls: type) -> tuple[str, ...]:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return tuple(w for w in ("N", "M") if w in params)
+
+
+@lru_cache(maxsize=None)
+def architectures() -> dict[str, LAEArchitecture]:
+    """Every LAE architecture by name: CompressAI's registry names, plus the three aliases."""
+    from compressai.registry import MODELS
+
+    found = {}
+    for registry_name, cls in sorted(MODELS.items()):
+        if getattr(cls, "__module__", "") not in IMAGE_MODEL_MODULES or registry_name.endswith("-vbr"):
+            continue
+        stride = 16 if issubclass(cls, FactorizedPrior) else 64  # y at 1/16, the hyper-latent z at 1/64
+        found[registry_name] = LAEArchitecture(registry_name, registry_name, cls, _widths_of(cls), stride, _context_of(cls))
+    for alias, registry_name in ALIASES.items():
+        a = found[registry_name]
+        found[alias] = LAEArchitecture(alias, registry_name, a.cls, a.widths, a.stride, a.context)
+    return found
+
+
+def architecture(name: str) -> LAEArchitecture:
+    """The architecture called ``name``; an unknown name is a one-line error listing the known ones."""
+    known = architectures()
+    if name not in known:
+        raise ConfigError(f"unknown LAE architecture {name!r}; choose from {', '.join(known)}")
+    return known[name]
+
+
+def architecture_of(model: CompressionModel) -> LAEArchitecture:
+    """The architecture of a built model (by its exact class; the alias where one exists)."""
+    matches = [a for a in architectures().values() if type(model) is a.cls]
+    if not matches:
+        raise ConfigError(f"{type(model).__name__} is not one of CompressAI's fixed-rate image models")
+    return next((a for a in matches if a.name in ALIASES), matches[0])
+
+
+def elic_groups(latent_channels: int) -> list[int]:
+    """ELIC's uneven channel groups for M latent channels: CompressAI's [16, 16, 32, 64, M - 128] at
+    M = 320, the same proportions (each at least 1) at other widths."""
+    if latent_channels >= 160:
+        return [16, 16, 32, 64, latent_channels - 128]
+    if latent_channels < 5:
+        raise ConfigError(f"ELIC needs latent_channels >= 5 (five channel groups), got {latent_channels}")
+    first = [max(1, round(latent_channels * f)) for f in (0.05, 0.05, 0.1, 0.2)]
+    return first + [latent_channels - sum(first)]
+
+
+def build_lae(arch: str, channels: int = 128, latent_channels: int | None = 192, groups: list[int] | None = None) -> CompressionModel:
+    """A fresh CompressAI model of architecture ``arch`` (see :func:`architectures`).
+
+    ``channels`` is CompressAI's N, ``latent_channels`` its M (None, or equal to ``channels``, for the
+    architectures whose M is N); ``groups``: ELIC's channel groups (default: :func:`elic_groups`)."""
+    spec = architecture(arch)
+    latent_channels = channels if latent_channels is None else latent_channels
+    for what, value in (("channels", channels), ("latent_channels", latent_channels)):
+        if type(value) is not int or not 1 <= value <= MAX_WIDTH:
+            raise ConfigError(f"LAE {what} must be an integer in 1..{MAX_WIDTH}, got {value!r}")
+    kwargs = {"N": channels}
+    if "M" in spec.widths:
+        kwargs["M"] = latent_channels
+    elif latent_channels != channels:
+        raise ConfigError(f"{arch} has as many latent channels as channels (M = N): set latent_channels to "
+                          f"{channels} or null, not {latent_channels}")
+    if spec.context == "channel-groups":
+        groups = list(groups) if groups is not None else elic_groups(latent_channels)
+        if any(type(g) is not int or g < 1 for g in groups) or sum(groups) != latent_channels:
+            raise ConfigError(f"{arch}: groups must be positive integers summing to latent_channels "
+                              f"({latent_channels}), got {groups}")
+        kwargs["groups"] = groups
+    elif groups is not None:
+        raise ConfigError(f"{arch} has no channel groups (groups is for the elic2022 models)")
+    return spec.cls(**kwargs)
+
+
+def net_spec(model: CompressionModel) -> dict:
+    """The spec :func:`build_lae` rebuilds ``model`` from (arch, widths, groups), read off the weights."""
+    spec = architecture_of(model)
+    state = model.state_dict()
+    channels = int(next(v for k, v in state.items() if k.startswith("g_a.") and v.dim() == 4).shape[0])
+    latent = int(model.M) if hasattr(model, "M") else int(_latent_channels(model))
+    out = {"arch": spec.name, "channels": channels, "latent_channels": latent}
+    if spec.context == "channel-groups":
+        out["groups"] = list(model.groups)
+    return out
+
+
+def _latent_channels(model: CompressionModel) -> int:
+    """M: the channels of y, the output of the synthesis transform's first layer's input."""
+    first = next(m for m in model.g_s.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+    return first.in_channels
 
 
 def latent_count(model: CompressionModel) -> int:
-    """How many coded latents (strings) a model produces: y, plus z for the hyperpriors."""
-    return 1 if isinstance(model, FactorizedPrior) else 2
+    """How many coded latents a v1 file holds: y, plus z for the hyperpriors."""
+    return 2 if architecture_of(model).hyper else 1
 
 
 def stride_of(model: CompressionModel) -> int:
     """The multiple an input's height and width must be for ``model``."""
-    for cls, stride in ARCHITECTURES.values():
-        if type(model) is cls:
-            return stride
-    return 64  # the largest stride of CompressAI's image models; always safe
+    try:
+        return architecture_of(model).stride
+    except ConfigError:
+        return 64  # the largest stride of CompressAI's image models; always safe
 
 
 @dataclass
 class LAEPayload:
     """What :func:`compress` produces: the coded strings plus everything needed to decode them."""
 
-    strings: list[list[bytes]]  # one list per latent (y, then z), one bytes per image
-    shape: tuple[int, int]  # spatial shape of the top latent (CompressAI's "shape")
+    strings: list[list[bytes]]  # CompressAI's string groups (y then z; ELIC: one per channel-group pass), one bytes per image
+    shape: tuple | dict  # CompressAI's "shape" as plain ints (see plain_shape): (h, w) of the top latent, or a tree
     size: tuple[int, int]  # original (H, W) before padding
 
     @property
@@ -98,7 +245,11 @@ def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dic
        mismatch of noise. ``"noise"`` is CompressAI's own behaviour.
     The state dict and the coded format are CompressAI's, unchanged.
     """
-    if type(model) not in (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior):
+    if isinstance(model, JointAutoregressiveHierarchicalPriors):
+        return _forward_autoregressive(model, x)
+    if isinstance(model, SimpleVAECompressionModel):
+        return _forward_latent_codec(model, x, quantization)
+    if not isinstance(model, REFERENCE_CLASSES):
         return model(x)  # another CompressAI model: its own forward
     ste = quantization == "ste" and model.training
     y = _analysis(model.g_a, x)
@@ -122,6 +273,37 @@ def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dic
     if ste:
         y_hat = _ste_round(y, means)
     return {"x_hat": _synthesis(model.g_s, y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
+def _forward_autoregressive(model: JointAutoregressiveHierarchicalPriors, x: torch.Tensor) -> dict:
+    """CompressAI's forward of the serial context models (mbt2018, cheng2020), with the entropy
+    models, the context prediction and the entropy parameters in float32 (see :func:`_forward`)."""
+    y = _analysis(model.g_a, x)
+    z = model.h_a(y).float()
+    with _full_precision(z):
+        z_hat, z_likelihoods = model.entropy_bottleneck(z)
+    params = model.h_s(z_hat).float()
+    with _full_precision(y):
+        y_hat = model.gaussian_conditional.quantize(y, "noise" if model.training else "dequantize")
+        context = model.context_prediction(y_hat)
+        scales, means = model.entropy_parameters(torch.cat((params, context), dim=1)).chunk(2, 1)
+        _, y_likelihoods = model.gaussian_conditional(y, scales, means=means)
+    return {"x_hat": _synthesis(model.g_s, y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
+def _forward_latent_codec(model: SimpleVAECompressionModel, x: torch.Tensor, quantization: str) -> dict:
+    """CompressAI's forward of the latent-codec models (checkerboard, ELIC), the whole latent codec in
+    float32. ``quantization`` sets their latent codecs' own quantizer: ``ste`` (CompressAI's choice for
+    them: rounding with a straight-through gradient for what the decoders see) or ``noise``."""
+    from compressai.latent_codecs import GaussianConditionalLatentCodec, HyperLatentCodec
+
+    for m in model.modules():
+        if isinstance(m, (GaussianConditionalLatentCodec, HyperLatentCodec)):
+            m.quantizer = "ste" if quantization == "ste" else "noise"
+    y = _analysis(model.g_a, x)
+    with _full_precision(y):
+        out = model.latent_codec(y)
+    return {"x_hat": _synthesis(model.g_s, out["y_hat"]), "likelihoods": out["likelihoods"]}
 
 
 def _analysis(g_a: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +347,17 @@ def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement |
     padded, size = pad_to_multiple(x.float(), stride_of(model))
     with _full_precision(padded):  # the codec is float32 even inside a mixed-precision step
         out = model.compress(padded)
-    return LAEPayload(strings=out["strings"], shape=tuple(out["shape"]), size=size)
+    return LAEPayload(strings=[list(group) for group in out["strings"]], shape=plain_shape(out["shape"]), size=size)
+
+
+def plain_shape(shape):
+    """CompressAI's ``shape`` of a coded latent (a torch.Size, or nested lists and dicts of them for the
+    latent-codec models) as plain ints in tuples and dicts."""
+    if isinstance(shape, dict):
+        return {str(k): plain_shape(v) for k, v in shape.items()}
+    if isinstance(shape, (list, tuple)):  # torch.Size is a tuple
+        return tuple(int(v) if not isinstance(v, (list, tuple, dict)) else plain_shape(v) for v in shape)
+    return int(shape)
 
 
 # -- encoder-side refinement ----------------------------------------------------------------------
@@ -175,7 +367,6 @@ def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement |
 # (Campos et al. 2019, "Content adaptive optimization"; Yang et al. 2020). Only the encoder does
 # more work: the bits have the same format and decode with the same model.
 
-REFINABLE = (FactorizedPrior, ScaleHyperprior, MeanScaleHyperprior)
 SYNTHESIS_FACTOR = 16  # output pixels per latent pixel of y, for all three
 
 
@@ -345,8 +536,11 @@ def coded_latents(model: CompressionModel, padded: torch.Tensor) -> tuple[torch.
 
 
 def check_refinable(model: CompressionModel) -> None:
-    if type(model) not in REFINABLE:
-        raise ConfigError(f"latent refinement supports {', '.join(c.__name__ for c in REFINABLE)}, not {type(model).__name__}")
+    spec = architecture_of(model)
+    if not spec.refinable:
+        raise ConfigError(f"latent refinement (--refine) needs an LAE without a context model (factorized, hyperprior, "
+                          f"mean_scale); {spec.name} has a {spec.context} context model, whose coding order the "
+                          "refinement cannot follow")
 
 
 def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinement):
@@ -419,6 +613,50 @@ def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor |
         indexes = model.gaussian_conditional.build_indexes(scales)
         y_strings = model.gaussian_conditional.compress(y, indexes, means=means)
     return LAEPayload(strings=[y_strings, z_strings], shape=tuple(z.shape[-2:]), size=size)
+
+
+_SHAPE_TEMPLATES: "weakref.WeakKeyDictionary[CompressionModel, object]" = weakref.WeakKeyDictionary()
+
+
+def expected_layout(model: CompressionModel, height: int, width: int) -> tuple[object, int]:
+    """(the ``shape`` tree :func:`compress` gives for a padded ``height`` x ``width`` input, the number
+    of string groups), without coding it: a decoder checks a file against them before it allocates.
+
+    Read off the architecture once per model by coding two small blank images, (s, 2s) and (2s, s)
+    for the stride s: a leaf that doubles with the height scales with it, one that doubles with the
+    width scales with that, and one that does not change is a constant (channels)."""
+    template = _SHAPE_TEMPLATES.get(model)
+    if template is None:
+        s = stride_of(model)
+        device = next(model.parameters()).device
+        probes = [compress(model, torch.zeros(1, 3, h, w, device=device)) for h, w in ((s, 2 * s), (2 * s, s))]
+        template = _SHAPE_TEMPLATES[model] = (_template(probes[0].shape, probes[1].shape), len(probes[0].strings))
+    s = stride_of(model)
+    return _fill(template[0], height // s, width // s), template[1]
+
+
+def _template(a, b):
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return {k: _template(a[k], b[k]) for k in a}
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        return tuple(_template(u, v) for u, v in zip(a, b))
+    if isinstance(a, int) and isinstance(b, int):
+        if a == b:
+            return ("const", a)
+        if b == 2 * a:
+            return ("h", a)
+        if a == 2 * b:
+            return ("w", b)
+    raise ConfigError("this architecture's latent shape does not scale with the image size in a known way")
+
+
+def _fill(template, h_units: int, w_units: int):
+    if isinstance(template, dict):
+        return {k: _fill(v, h_units, w_units) for k, v in template.items()}
+    if template and isinstance(template[0], str):
+        kind, value = template
+        return value if kind == "const" else value * (h_units if kind == "h" else w_units)
+    return tuple(_fill(v, h_units, w_units) for v in template)
 
 
 @torch.no_grad()

@@ -32,6 +32,10 @@ from compressml.errors import ConfigError
 from compressml.models.padding import from_blocks, to_blocks
 from compressml.models.quantizers import build_quantizer
 
+# the hyper-parameters that build the network (the rest are training settings)
+NET_KEYS = ("bytes", "block", "quantizer", "bits", "noise", "sparsity", "channels", "stride", "max_latent_channels",
+            "lossless", "residual_channels")
+
 
 @dataclass(frozen=True)
 class MLLAEGeometry:

@@ -27,6 +27,9 @@ from torch import nn
 
 from compressml.errors import ConfigError
 
+# the hyper-parameters that build the network (the rest are training settings)
+NET_KEYS = ("arch", "scale", "channels", "blocks", "global_skip")
+
 SCALES = (2, 3, 4)
 ARCHITECTURES = ("espcn", "fsrcnn", "edsr")
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)  # EDSR's input normalisation

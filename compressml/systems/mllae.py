@@ -20,13 +20,10 @@ import torch
 
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
-from compressml.models.mllae import MLLAE
+from compressml.models.mllae import MLLAE, NET_KEYS
 from compressml.systems.base import CodecSystem, plain
 
 FAMILY = "mllae"
-# the hyper-parameters that build the network (the rest are training settings)
-NET_KEYS = ("bytes", "block", "quantizer", "bits", "noise", "sparsity", "channels", "stride", "max_latent_channels",
-            "lossless", "residual_channels")
 DISTORTIONS = ("mse", "l1", "l1_ssim")
 
 

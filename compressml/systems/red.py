@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
-from compressml.models.red import RED, bicubic_upscale, make_pair
+from compressml.models.red import NET_KEYS, RED, bicubic_upscale, make_pair
 from compressml.systems.base import CodecSystem, plain
 
 FAMILY = "red"
-NET_KEYS = ("arch", "scale", "channels", "blocks", "global_skip")
 LOSSES = ("l1", "mse")
 
 
