@@ -122,7 +122,7 @@ def measure_mllae(name: str, images) -> dict:
 def measure_red(name: str, set5: Path) -> dict:
     from compressml.data.images import list_images, load_image
     from compressml.sr_evaluation import BICUBIC, evaluate_sr
-    from compressml.upscale import Upscaler
+    from compressml.codec.upscale import Upscaler
 
     up = Upscaler.load(PREMADE / name)
     images = [(p.name, load_image(p)) for p in list_images(set5)]

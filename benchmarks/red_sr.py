@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from compressml.data.images import list_images, load_image
     from compressml.sr_evaluation import BICUBIC, evaluate_sr
-    from compressml.upscale import DEFAULT_TILE, Upscaler
+    from compressml.codec.upscale import DEFAULT_TILE, Upscaler
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     crops = per_scale(args.crop, CROPS[device], scales, "crop")

@@ -29,7 +29,8 @@ def _outputs(pairs, out: str | None, suffix: str) -> list:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from compressml.codec.files import compress_file, expand_inputs, load_codec
+    from compressml.codec.files import compress_file, expand_inputs
+    from compressml.codec.loader import load_codec
     from compressml.data.images import IMAGE_SUFFIXES
 
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".cml")
@@ -55,7 +56,8 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from compressml.codec.files import decompress_file, expand_inputs, load_codec
+    from compressml.codec.files import decompress_file, expand_inputs
+    from compressml.codec.loader import load_codec
 
     jobs = _outputs(expand_inputs(args.inputs, (".cml",)), args.output, "." + args.format)
     _refuse_existing([dst for _, dst in jobs], args.force)
@@ -76,7 +78,7 @@ def _decompress(args: argparse.Namespace) -> int:
 def _upscale(args: argparse.Namespace) -> int:
     from compressml.codec.files import expand_inputs
     from compressml.data.images import IMAGE_SUFFIXES
-    from compressml.upscale import Upscaler, upscale_file
+    from compressml.codec.upscale import Upscaler, upscale_file
 
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".png")
     if any(dst.suffix.lower() != ".png" for _, dst in jobs):

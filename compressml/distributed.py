@@ -24,6 +24,10 @@ from typing import Any
 
 import torch
 
+from compressml.ranks import is_distributed, mean_over_ranks, sum_over_ranks
+
+__all__ = ["is_distributed", "launch_context", "mean_over_ranks", "multirun_job_config", "sum_over_ranks"]
+
 log = logging.getLogger(__name__)
 
 # what Lightning's launcher puts into os.environ before starting the other processes of a node
@@ -37,39 +41,6 @@ _SWEEP_KEYS = (
 )
 # how long rank 0 waits, after fit, for the processes it started to finish
 CHILD_EXIT_TIMEOUT_S = 300
-
-
-def is_distributed() -> bool:
-    """Whether a torch.distributed process group is up (a DDP run, between its set-up and its end)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """``value`` summed over every process of the default group (the value itself outside DDP).
-
-    A collective: every rank must call it, in the same order.
-    """
-    if not is_distributed():
-        return value
-    import torch.distributed as dist
-
-    total = value.detach().clone()
-    if dist.get_backend() == "nccl" and not total.is_cuda:
-        total = total.cuda()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.to(value.device)
-
-
-def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """``value`` averaged over every process of the default group (the value itself outside DDP).
-
-    A collective: every rank must call it, in the same order.
-    """
-    if not is_distributed():
-        return value
-    import torch.distributed as dist
-
-    return sum_over_ranks(value) / dist.get_world_size()
 
 
 def child_arguments(argv: Sequence[str], task_overrides: Sequence[str], hydra_overrides: Sequence[str]) -> list[str]:

@@ -332,6 +332,31 @@ def default_curve_name(net: torch.nn.Module) -> str:
     return family_of(net).curve_name(net)
 
 
+def sweep_models(sweep_dirs, curve: str | None) -> list["LearnedModel"]:
+    """``evaluate.py sweep=DIR`` (or a list of DIRs): one :class:`~compressml.evaluation.LearnedModel`
+    per job with a checkpoint, named by the job's distinguishing overrides."""
+    from compressml.sweep_jobs import sweep_jobs
+
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else list(sweep_dirs or [])
+    models = []
+    for d in dirs:
+        models += jobs_as_models(sweep_jobs(d), curve, prefix=f"{Path(d).name}:" if len(dirs) > 1 else "")
+    return models
+
+
+def jobs_as_models(jobs: list, curve: str | None, prefix: str = "") -> list["LearnedModel"]:
+    """The jobs that left a checkpoint as points of a learned curve (the others are named and left out)."""
+    for j in jobs:
+        if j.checkpoint is None:
+            print(f"sweep: job {j.number} ({j.label}) has no checkpoint; left out", flush=True)
+        elif not j.summary:
+            print(f"sweep: job {j.number} ({j.label}) did not finish; its latest checkpoint is used", flush=True)
+    usable = [j for j in jobs if j.checkpoint is not None]
+    if not usable:
+        raise DataError(f"sweep: no job of {jobs[0].directory.parent} left a checkpoint")
+    return [LearnedModel(j.checkpoint, f"{prefix}{j.label}", curve) for j in usable]
+
+
 def run_evaluation(
     models: Sequence[LearnedModel],
     images: Sequence[EvalImage],
@@ -458,7 +483,7 @@ def hybrid_codecs(specs) -> list[tuple[str, str, object]]:
     an LAE base one point per LAE model."""
     from compressml.codec.hybrid import BASE_FORMATS, HybridCodec
     from compressml.errors import ConfigError
-    from compressml.upscale import Upscaler
+    from compressml.codec.upscale import Upscaler
 
     points = []
     for spec in [specs] if isinstance(specs, dict) else specs:
@@ -492,7 +517,7 @@ def evaluate_sr_from_config(cfg, models: list[LearnedModel]) -> dict:
     """evaluate.py with RED checkpoints: every model against bicubic on the configured images."""
     from compressml.errors import ConfigError
     from compressml.sr_evaluation import evaluate_sr
-    from compressml.upscale import Upscaler
+    from compressml.codec.upscale import Upscaler
 
     upscalers = [(m.setting, Upscaler.load(m.path)) for m in models]
     scales = {u.scale for _, u in upscalers}
@@ -522,8 +547,6 @@ def evaluate_from_config(cfg) -> dict:
         raise ConfigError(f"max_images must be >= 1, got {cfg.max_images}")
     models = learned_models(plain(cfg.checkpoint), cfg.get("label"))
     if cfg.get("sweep"):
-        from compressml.sweeps import sweep_models
-
         models += sweep_models(plain(cfg.sweep), cfg.get("label"))
     hybrids = hybrid_codecs(plain(cfg.get("hybrid")) or [])
     families = {model_family(m.path) for m in models}

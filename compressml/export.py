@@ -123,6 +123,23 @@ def _check_graph(what: str, diff: float) -> float:
     return diff
 
 
+class NotExported(str):
+    """Why a graph could not be written (an architecture whose transform does not script or trace):
+    the bundle is written without it and its manifest says why."""
+
+
+def _record_graphs(graphs: dict, checks: dict, key: str) -> None:
+    """Measured differences into ``max_abs_diff``; graphs that could not be written out of the manifest's
+    file list for that format, with the reason in their place (``<format>_error``)."""
+    for file, result in checks.items():
+        name = file.rsplit(".", 1)[0]
+        if isinstance(result, NotExported):
+            graphs[name].pop(key, None)
+            graphs[name][f"{key}_error"] = str(result)
+        else:
+            graphs["max_abs_diff"][file] = result
+
+
 def write_torchscript(specs: list[Graph], folder: Path) -> dict:
     """Script (not trace) every graph, so any input size runs; save and check them."""
     checks = {}
@@ -132,8 +149,9 @@ def write_torchscript(specs: list[Graph], folder: Path) -> dict:
             name, inp = f"{spec.name}.pt", spec.example
             try:
                 scripted = torch.jit.script(spec.module)
-            except Exception as e:  # TorchScript compiler errors have many types
-                raise BundleError(f"TorchScript export of {name} failed ({str(e).strip().splitlines()[0]}); use torchscript=false") from None
+            except Exception as e:  # TorchScript compiler errors have many types: the manifest says why
+                checks[name] = NotExported(f"TorchScript cannot script it ({str(e).strip().splitlines()[0]})")
+                continue
             torch.jit.save(scripted, str(folder / name))
             loaded = torch.jit.load(str(folder / name), map_location="cpu")
             with torch.no_grad():
@@ -167,8 +185,10 @@ def write_onnx(specs: list[Graph], folder: Path) -> dict:
                     output_names=[out_name],
                     dynamic_axes={in_name: axes, out_name: {0: "batch", 2: f"{out_name}_height", 3: f"{out_name}_width"}},
                 )
-        except Exception as e:  # exporter failures have many types
-            raise BundleError(f"ONNX export of {name} failed ({str(e).strip().splitlines()[0]}); use onnx=false") from None
+        except Exception as e:  # exporter failures have many types: the manifest says why
+            (folder / name).unlink(missing_ok=True)
+            checks[name] = NotExported(f"the ONNX exporter cannot export it ({str(e).strip().splitlines()[0]})")
+            continue
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
@@ -319,10 +339,10 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
                 graphs[spec.name].update({**({"torchscript": f"{spec.name}.pt"} if torchscript else {}),
                                           **({"onnx": f"{spec.name}.onnx"} if onnx else {})})
             if torchscript:
-                graphs["max_abs_diff"].update(write_torchscript(specs, tmp))
+                _record_graphs(graphs, write_torchscript(specs, tmp), "torchscript")
             if onnx:
                 graphs["onnx_opset"] = ONNX_OPSET
-                graphs["max_abs_diff"].update(write_onnx(specs, tmp))
+                _record_graphs(graphs, write_onnx(specs, tmp), "onnx")
 
         manifest = build_manifest(net, ckpt, checkpoint, tmp, graphs)
         manifest["dtype"] = dtype

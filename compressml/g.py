@@ -100,7 +100,7 @@ class _Multiplier:
 
     def _adapt(self, violation: torch.Tensor, context: dict) -> None:
         if context.get("training"):
-            from compressml.distributed import mean_over_ranks  # a collective under DDP: every rank trains
+            from compressml.ranks import mean_over_ranks  # a collective under DDP: every rank trains
 
             violation = mean_over_ranks(torch.as_tensor(violation, dtype=torch.float32).detach())
             self.multiplier = max(0.0, self.multiplier + self.step_size * float(violation))

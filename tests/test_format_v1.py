@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compressml.codec.files import decompress_file, load_codec, read_container
+from compressml.codec.files import decompress_file, read_container
+from compressml.codec.loader import load_codec
 
 HERE = Path(__file__).parent / "data" / "format_v1"
 PREMADE = Path(__file__).resolve().parents[1] / "compressml" / "premade"

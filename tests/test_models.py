@@ -23,7 +23,7 @@ def test_pad_and_crop_roundtrip():
 def test_build_rejects_unknown_arch():
     with pytest.raises(ConfigError, match="unknown LAE architecture"):
         build_lae("nope")
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="integer in 1..1024"):
         build_lae("factorized", channels=0)
 
 

@@ -20,7 +20,7 @@ from compressml.data.images import load_image
 from compressml.errors import ConfigError, DataError
 from compressml.models.red import RED, bicubic_upscale, downscale, mod_crop
 from compressml.systems import REDSystem, load_system, save_checkpoint
-from compressml.upscale import Upscaler, upscale_tensor
+from compressml.codec.upscale import Upscaler, upscale_tensor
 from conftest import TINY, compose_train, smooth_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

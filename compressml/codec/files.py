@@ -144,20 +144,6 @@ def _red_hint(path) -> str:
             "codec or an LAE model) to use it as the decoder of a hybrid codec")
 
 
-def load_codec(model: str | Path, base: str | None = None, setting: int | None = None):
-    """What ``compressml compress/decompress -m MODEL [--base BASE] [-q Q]`` codes with: the model's
-    own codec, or with a RED model the hybrid codec (``base``: classical codec name or LAE model)."""
-    from compressml.codec.hybrid import HybridCodec
-    from compressml.upscale import Upscaler
-
-    net, name, fingerprint, options = load_net(model)  # loaded once, whatever the family
-    if not family(name).codes:
-        return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, setting)
-    if base is not None or setting is not None:
-        raise CompressMLError("--base and --quality are for the hybrid codec: -m must then be a RED model")
-    return CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
-
-
 def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
     """(file, path relative to what was named) for files and folders (recursive)."""
     pairs = []

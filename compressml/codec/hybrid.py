@@ -83,7 +83,7 @@ class HybridCodec:
     def load(cls, red: str, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> "HybridCodec":
         """From model paths: ``red`` a RED checkpoint or bundle; ``base`` a classical codec name, an LAE
         checkpoint or bundle, or None (decoding files whose base layer is classical)."""
-        from compressml.upscale import Upscaler
+        from compressml.codec.upscale import Upscaler
 
         return cls.around(Upscaler.load(red), base, setting, tile)
 
@@ -151,7 +151,7 @@ class HybridCodec:
             lr = self.lae.decode(inner).rgb.clamp(0, 1)
         else:
             lr = torch.from_numpy(decode_base_image(base, payload, (lr_h, lr_w)).copy()).permute(2, 0, 1).float() / 255
-        from compressml.upscale import upscale_tensor
+        from compressml.codec.upscale import upscale_tensor
 
         sr = upscale_tensor(self.red.net, lr[None], self.tile)[0, :, :h, :w].cpu()
         return SourceImage(rgb=sr, channels=container.channels, bit_depth=container.bit_depth,

@@ -78,6 +78,11 @@ class LAEArchitecture:
     def serial(self) -> bool:
         return self.context == "serial"
 
+    @property
+    def variant(self) -> str:
+        """Its config: ``model=lae/<variant>`` (conf/model/lae/<variant>.yaml)."""
+        return self.name.replace("-", "_")
+
 
 def _context_of(cls: type) -> str:
     """The context model a class builds, read off the latent codecs its constructor names."""
@@ -113,6 +118,13 @@ def architectures() -> dict[str, LAEArchitecture]:
         a = found[registry_name]
         found[alias] = LAEArchitecture(alias, registry_name, a.cls, a.widths, a.stride, a.context)
     return found
+
+
+def variants() -> list[LAEArchitecture]:
+    """One entry per architecture (an alias in place of the registry name it stands for): what
+    ``conf/model/lae/<variant>.yaml`` offers, and what the tests and benchmarks run over."""
+    aliased = set(ALIASES.values())
+    return [a for name, a in architectures().items() if name not in aliased]
 
 
 def architecture(name: str) -> LAEArchitecture:

@@ -310,7 +310,7 @@ class MLLAE(nn.Module):
         channel = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1, 1)
         flat = (channel * levels + codes).flatten()
         counts = torch.bincount(flat, minlength=self.code_counts.numel()).view_as(self.code_counts).to(self.code_counts)
-        from compressml.distributed import is_distributed
+        from compressml.ranks import is_distributed
 
         if not is_distributed():
             self.code_counts += counts
@@ -323,7 +323,7 @@ class MLLAE(nn.Module):
     def fold_counts(self) -> None:
         """Add the counts every rank made since the last call to ``code_counts``, identically on
         all ranks (a collective under DDP: every rank calls it; nothing to do outside DDP)."""
-        from compressml.distributed import is_distributed, sum_over_ranks
+        from compressml.ranks import is_distributed, sum_over_ranks
 
         if not is_distributed():
             return

@@ -15,7 +15,6 @@ those tables, so ``LAESystem.load_from_checkpoint(path).net`` can code at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,10 +22,10 @@ import torch
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
 from compressml.g import check_g, evaluate_g
-from compressml.models.lae import QUANTIZATIONS, build_lae, compress, decompress, forward_padded, load_coding_state
+from compressml.models.lae import QUANTIZATIONS, architecture_of, build_lae, compress, decompress, forward_padded, load_coding_state
 from compressml.systems.base import CodecSystem, instantiate_spec, plain
 
-__all__ = ["FAMILY", "LAESystem", "instantiate_spec", "load_lae", "plain"]
+__all__ = ["FAMILY", "LAESystem", "instantiate_spec", "plain"]
 
 FAMILY = "lae"
 
@@ -92,6 +91,9 @@ class LAESystem(CodecSystem):
             }
         )
         self.net = build_lae(**net)
+        refusal = architecture_of(self.net).ste_refusal
+        if quantization == "ste" and refusal:
+            raise ConfigError(refusal)
         self.g = check_g(instantiate_spec(g, "g") if isinstance(g, Mapping) else g)
         self._real_left = 0
 
@@ -179,10 +181,3 @@ class LAESystem(CodecSystem):
         net_state = {k[len("net.") :]: v for k, v in state_dict.items() if k.startswith("net.")}
         load_coding_state(self.net, net_state, strict=strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def load_lae(path: str | Path, map_location: str | torch.device = "cpu") -> LAESystem:
-    """Load an LAE checkpoint safely (``weights_only=True``: no arbitrary unpickling), ready to code."""
-    from compressml.systems.loading import load_system
-
-    return load_system(path, family=FAMILY, map_location=map_location)

@@ -9,7 +9,7 @@ import torch
 from compressml.checkpoints import checkpoint_family, read_checkpoint
 from compressml.errors import CheckpointError, CompressMLError, first_line
 
-__all__ = ["checkpoint_family", "init_weights", "load_system", "model_family", "read_checkpoint", "save_checkpoint", "system_class"]
+__all__ = ["checkpoint_family", "init_weights", "load_lae", "load_system", "model_family", "read_checkpoint", "save_checkpoint", "system_class"]
 
 
 def model_family(path: str | Path) -> str | None:
@@ -55,6 +55,11 @@ def load_system(path: str | Path, family: str | None = None, map_location: str |
     except Exception as e:  # wrong keys or shapes: one line for the user
         raise CheckpointError(f"{path}: not a loadable compressml {found} checkpoint ({first_line(e)})") from None
     return system.to(map_location).eval()
+
+
+def load_lae(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Load an LAE checkpoint safely (``weights_only=True``: no arbitrary unpickling), ready to code."""
+    return load_system(path, family="lae", map_location=map_location)
 
 
 def save_checkpoint(system, path: str | Path) -> Path:

@@ -1,0 +1,25 @@
+"""What ``compressml compress/decompress -m MODEL`` codes with: the model's own codec, or, for a RED
+model, the hybrid codec around it. Above :mod:`~compressml.codec.files`, :mod:`~compressml.codec.hybrid`
+and :mod:`~compressml.codec.upscale`, which it puts together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compressml.codec.families import family
+from compressml.codec.files import CodecModel, load_net
+from compressml.errors import CompressMLError
+
+
+def load_codec(model: str | Path, base: str | None = None, setting: int | None = None):
+    """What ``compressml compress/decompress -m MODEL [--base BASE] [-q Q]`` codes with: the model's
+    own codec, or with a RED model the hybrid codec (``base``: classical codec name or LAE model)."""
+    from compressml.codec.hybrid import HybridCodec
+    from compressml.codec.upscale import Upscaler
+
+    net, name, fingerprint, options = load_net(model)  # loaded once, whatever the family
+    if not family(name).codes:
+        return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, setting)
+    if base is not None or setting is not None:
+        raise CompressMLError("--base and --quality are for the hybrid codec: -m must then be a RED model")
+    return CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
