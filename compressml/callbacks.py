@@ -34,3 +34,42 @@ class ModelCheckpoint(_LightningModelCheckpoint):
             return  # this callback saves at the other hook
         if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class CPUTimeBudget(pl.Callback):
+    """Stop training once the process has used ``seconds`` of CPU time (every thread, user and system),
+    counted over resumed runs too (the total travels in the checkpoint): recipes and architectures
+    compared "at equal CPU time" then are, whatever else the machine was doing. Validation and data
+    loading in the process count; ``threads`` (if set) fixes torch's intra-op threads for the run."""
+
+    def __init__(self, seconds: float, threads: int | None = None):
+        if not seconds > 0:
+            raise ValueError(f"CPUTimeBudget needs seconds > 0, got {seconds}")
+        self.seconds, self.threads = float(seconds), threads
+        self._before = 0.0  # CPU seconds of earlier runs (from the checkpoint)
+        self._start: float | None = None
+
+    def used(self) -> float:
+        import time
+
+        return self._before + (time.process_time() - self._start if self._start is not None else 0.0)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        self._start = time.process_time()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.used() >= self.seconds:
+            trainer.should_stop = True
+        pl_module.log("train/cpu_seconds", self.used(), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict:
+        return {"used": self.used()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before = float(state_dict.get("used", 0.0))
