@@ -181,3 +181,20 @@ def test_every_variant_smoke_trains_and_logs_real_bits(spec, image_folder, tmp_p
     ckpt = torch.load(Path(summary["last_checkpoint"]), map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["net"]["arch"] == spec.name
     assert CodecModel.load(summary["last_checkpoint"]).net.__class__ is spec.cls
+
+
+def test_version_2_sections_unknown_critical_kinds_are_refused_optional_ones_skipped():
+    net = tiny(architecture("mean_scale"))
+    container = lae_codec.encode(net, lae_codec.SourceImage(rgb=image(architecture("mean_scale"))))
+    plain = lae_codec.decode(net, container).rgb
+    optional = cml.parse(cml.Container(**{**container.__dict__, "sections": [*container.sections, (0x90, b"later")]}).to_bytes())
+    assert torch.equal(lae_codec.decode(net, optional).rgb, plain)
+    critical = cml.parse(cml.Container(**{**container.__dict__, "sections": [*container.sections, (0x30, b"later")]}).to_bytes())
+    with pytest.raises(cml.ContainerError, match="unknown section kind 0x30"):
+        lae_codec.decode(net, critical)
+    bad_mode = [(k, b"\x07" + p[1:]) if k == lae_codec.LAYOUT else (k, p) for k, p in container.sections]
+    with pytest.raises(cml.ContainerError, match="unknown decoding mode"):
+        lae_codec.decode(net, cml.Container(**{**container.__dict__, "sections": bad_mode}))
+    wrong_shape = [(k, p[:1] + lae_codec.layout.write_tree((9, 9))) if k == lae_codec.LAYOUT else (k, p) for k, p in container.sections]
+    with pytest.raises(cml.ContainerError, match="latent shape"):
+        lae_codec.decode(net, cml.Container(**{**container.__dict__, "sections": wrong_shape}))

@@ -7,8 +7,9 @@ a bundle from an untrusted source is safe to load; the worst it can do is fail
 with a one-line :class:`~compressml.errors.BundleError`.
 
 Families: ``lae`` (the weights file is CompressAI's own state dict, CDF tables
-included, so ``compressai.models.<Class>.from_state_dict(safetensors.torch.load_file(path))``
-gives a model whose ``compress`` writes the same strings as compressml), ``mllae``
+included, so ``<Class>(N=..., M=...)`` with the manifest's widths, then ``load_state_dict(
+safetensors.torch.load_file(path))``, gives a model whose ``compress`` writes the same strings as
+compressml; :func:`load_compressai` does that), ``mllae``
 (an :class:`~compressml.models.mllae.MLLAE`) and ``red`` (a super-resolution
 :class:`~compressml.models.red.RED`).
 """

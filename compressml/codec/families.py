@@ -92,6 +92,10 @@ class Family:
         """Family-specific columns of an evaluation record."""
         return {}
 
+    def refinement(self, net: nn.Module, options: Mapping, steps: int, source: str):
+        """Encoder-side refinement settings for ``steps`` steps (``compress --refine``), or a one-line refusal."""
+        raise CompressMLError(f"--refine is for LAE models; {source} is an {self.name.upper()}")
+
     # -- graphs and names -------------------------------------------------------------------------------
     def export_graphs(self, net: nn.Module) -> tuple[list[Graph], dict]:
         """(graphs an export bundle writes, their description for the manifest)."""
@@ -160,6 +164,13 @@ class LAEFamily(Family):
 
     def coding_options(self, source) -> dict:
         return {"g": (source.get("hyper_parameters") or source).get("g")}
+
+    def refinement(self, net, options, steps, source):
+        from compressml.codec.lae import refinement_for
+        from compressml.models.lae import check_refinable
+
+        check_refinable(net)
+        return refinement_for(options.get("g"), steps)
 
     def encode(self, net, image, fingerprint, refinement=None, **_):
         from compressml.codec import lae

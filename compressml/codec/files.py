@@ -113,12 +113,7 @@ class CodecModel:
         """This model encoding with ``steps`` of latent refinement (0: none); decoding is unchanged."""
         if steps == 0:
             return replace(self, refinement=None)
-        if self.family != "lae":
-            raise CompressMLError(f"--refine is for LAE models; {self.source} is an {self.family.upper()}")
-        from compressml.models.lae import check_refinable
-
-        check_refinable(self.net)
-        return replace(self, refinement=lae_codec.refinement_for(self.options.get("g"), steps))
+        return replace(self, refinement=family(self.family).refinement(self.net, self.options, steps, self.source))
 
     @classmethod
     def load(cls, path: str | Path) -> "CodecModel":

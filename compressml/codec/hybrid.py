@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from compressml.baselines import CODECS, ClassicalCodec, available_codecs
 from compressml.codec import container as cml
 from compressml.codec.container import Container, ContainerError
-from compressml.codec.lae import SourceImage, alpha_section, check_fingerprint, decode_alpha
+from compressml.codec.lae import ALPHA, SourceImage, alpha_section, check_fingerprint, decode_alpha
 from compressml.errors import CheckpointError, ConfigError, first_line
 
 META, BASE = 0x01, 0x13
@@ -134,6 +134,7 @@ class HybridCodec:
         if container.family != FAMILY:
             raise ContainerError(f"this file holds a {container.family!r} code, not a hybrid one")
         check_fingerprint(container, self.fingerprint)
+        container.check_kinds({META, BASE, ALPHA})
         scale, base, _ = parse_meta(container.section(META))
         if scale != self.scale:
             raise ContainerError(f"made for a x{scale} RED; this model is x{self.scale}")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from compressml.codec.container import Container, ContainerError
-from compressml.codec.lae import SourceImage, alpha_section, check_fingerprint, decode_alpha
+from compressml.codec.lae import ALPHA, SourceImage, alpha_section, check_fingerprint, decode_alpha
 from compressml.codec.tiling import TiledTransform
 from compressml.errors import CompressMLError
 from compressml.models.mllae import (
@@ -339,6 +339,7 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     if container.family != "mllae":
         raise ContainerError(f"this file holds a {container.family!r} code, not an MLLAE one")
     check_fingerprint(container, fingerprint)
+    container.check_kinds({META, LENGTHS, BLOCKS, RESIDUAL, ALPHA})
     g = model.geometry
     meta = container.section(META)
     if len(meta) != _META.size:
