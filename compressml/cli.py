@@ -97,7 +97,7 @@ def _info(args: argparse.Namespace) -> int:
     for path in args.files:
         d = describe(Path(path))
         print(
-            f"{d['file']}: family {d['family']}, weights {d['fingerprint'][:16]}, {d['width']}x{d['height']}, "
+            f"{d['file']}: format v{d['format_version']}, family {d['family']}, weights {d['fingerprint'][:16]}, {d['width']}x{d['height']}, "
             f"{d['channels']} channel(s), {d['bit_depth']}-bit, {d['bytes']} bytes, {d['bpp']:.4f} bpp"
         )
     return 0

@@ -197,6 +197,7 @@ def describe(path: Path) -> dict:
     size = Path(path).stat().st_size
     return {
         "file": str(path),
+        "format_version": c.version,
         "family": c.family,
         "fingerprint": c.fingerprint.hex(),
         "height": c.height,
