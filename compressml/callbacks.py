@@ -64,7 +64,8 @@ class CPUTimeBudget(pl.Callback):
         self._start = time.process_time()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.used() >= self.seconds:
+        # every rank stops at the same step (under DDP a rank that left alone would hang the others)
+        if trainer.strategy.reduce_boolean_decision(self.used() >= self.seconds, all=False):
             trainer.should_stop = True
         pl_module.log("train/cpu_seconds", self.used(), on_step=True, on_epoch=False)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from compressml.evaluation import jobs_as_models, sweep_models  # noqa: F401  (sweep_models: evaluate.py sweep=DIR)
 from compressml.sweep_jobs import SweepJob, distinguishing_labels, sweep_jobs  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def _evaluate_sweep(root: Path, jobs: list[SweepJob], data, codecs: list[str], m
                     label: str | None) -> dict | None:
     """Every job's checkpoint through real files on ``data``'s held-out images, against ``codecs``."""
     from compressml.baselines import available_codecs
-    from compressml.evaluation import evaluation_images, run_evaluation
+    from compressml.evaluation import evaluation_images, jobs_as_models, run_evaluation
     from compressml.systems.loading import model_family
     from compressml.training import instantiate
 

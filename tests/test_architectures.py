@@ -76,11 +76,33 @@ def test_widths_are_checked_per_architecture():
     assert build_lae("elic2022-chandelier", 8, 10, groups=[2, 2, 2, 2, 2]).groups == [2, 2, 2, 2, 2]
 
 
-@pytest.mark.parametrize("spec", [v for v in VARIANTS if v.serial], ids=[v.variant for v in VARIANTS if v.serial])
-def test_ste_is_refused_in_one_line_where_the_context_is_serial(spec):
-    with pytest.raises(ConfigError, match="quantization=ste is not available"):
-        LAESystem(net={"arch": spec.name, "channels": 8, "latent_channels": None}, g={"_target_": "compressml.g.RateDistortion"},
-                  quantization="ste")
+@pytest.mark.parametrize("spec", VARIANTS, ids=IDS)
+def test_quantizations_an_architecture_cannot_train_are_refused_in_one_line(spec):
+    from compressml.models.lae import forward_padded
+
+    for quantization in ("noise", "ste"):
+        refusal = spec.quantization_refusal(quantization)
+        expected = (spec.serial and quantization == "ste") or (spec.context in ("checkerboard", "channel-groups") and quantization == "noise")
+        assert bool(refusal) == expected
+        make = lambda: LAESystem(net={"arch": spec.name, "channels": 8, "latent_channels": 10 if "M" in spec.widths else None},  # noqa: E731
+                                 g={"_target_": "compressml.g.RateDistortion"}, quantization=quantization)
+        if refusal:
+            with pytest.raises(ConfigError, match=f"quantization={quantization} is not available"):
+                make()
+            with pytest.raises(ConfigError, match="is not available"):  # the plain-Python forward refuses it too
+                forward_padded(tiny(spec).train(), image(spec)[None], quantization)
+            assert "\n" not in refusal
+        else:
+            make()
+
+
+def test_version_1_files_are_refused_for_architectures_that_never_wrote_them():
+    from compressml.codec import container as cml_container
+
+    v1 = cml_container.parse((Path(__file__).parent / "data" / "format_v1" / "lae-q1.cml").read_bytes())
+    net = tiny(architecture("cheng2020-anchor-checkerboard"))
+    with pytest.raises(cml.ContainerError, match="format v1 files hold"):
+        lae_codec.decode(net, v1, v1.fingerprint)
 
 
 @pytest.mark.parametrize("spec", VARIANTS, ids=IDS)

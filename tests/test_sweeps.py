@@ -16,7 +16,8 @@ from compressml.errors import ConfigError, DataError
 from compressml.evaluation import evaluate_from_config
 from compressml.loggers import _offline_records, read_wandb_offline_config, read_wandb_offline_history
 from compressml.sweep_jobs import _short
-from compressml.sweeps import distinguishing_labels, sweep_jobs, sweep_models, sweep_report
+from compressml.evaluation import sweep_models
+from compressml.sweeps import distinguishing_labels, sweep_jobs, sweep_report
 from compressml.training import objective
 from conftest import ROOT, compose_train, save_tiny_checkpoint
 

@@ -219,7 +219,7 @@ class MLLAEFamily(Family):
     def net_spec(self, hparams):
         from compressml.models.mllae import NET_KEYS
 
-        return {k: hparams[k] for k in NET_KEYS}
+        return {k: hparams[k] for k in NET_KEYS if k in hparams}  # the rest: the network's defaults
 
     def build(self, spec):
         from compressml.models.mllae import MLLAE
@@ -295,7 +295,7 @@ class REDFamily(Family):
     def net_spec(self, hparams):
         from compressml.models.red import NET_KEYS
 
-        return {k: hparams[k] for k in NET_KEYS}
+        return {k: hparams[k] for k in NET_KEYS if k in hparams}  # the rest: the network's defaults
 
     def build(self, spec):
         from compressml.models.red import RED

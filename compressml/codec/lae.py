@@ -32,6 +32,7 @@ from compressml.errors import CompressMLError, ConfigError
 from compressml.models.lae import (
     SYNTHESIS_FACTOR,
     LAEPayload,
+    architecture_of,
     Refinement,
     check_refinable,
     coded_latents,
@@ -174,6 +175,8 @@ def _read_payload(model: CompressionModel, container: Container, padded: tuple[i
     raw = container.section(LAYOUT)
     if not raw or raw[0] not in MODE_NAMES:
         raise ContainerError(f"unknown decoding mode {raw[0] if raw else None} (made by a newer compressml?)")
+    if not is_updated(model):
+        raise ContainerError("the model has no CDF tables (call update() before decoding)")
     shape, groups = expected_layout(model, *padded)
     if layout.read_tree(raw, 1) != shape:
         raise ContainerError("latent shape does not match the image size and the model")
@@ -186,6 +189,8 @@ def _read_payload(model: CompressionModel, container: Container, padded: tuple[i
 def _read_payload_v1(model: CompressionModel, container: Container, padded: tuple[int, int]):
     """(shape, strings) of a version 1 file: a SHAPE section (the top latent's height and width, which is
     y for the factorized prior and z for the hyperpriors) and one STRING section per latent."""
+    if architecture_of(model).name not in ("factorized", "hyperprior", "mean_scale"):
+        raise ContainerError(f"format v1 files hold factorized, hyperprior or mean_scale codes, not {architecture_of(model).name}")
     container.check_kinds({SHAPE, STRING, ALPHA})
     shape_bytes = container.section(SHAPE)
     if len(shape_bytes) != 8:

@@ -69,9 +69,16 @@ class LAEArchitecture:
     @property
     def ste_refusal(self) -> str | None:
         """Why ``quantization=ste`` cannot train this architecture (None: it can)."""
-        if self.context == "serial":
+        return self.quantization_refusal("ste")
+
+    def quantization_refusal(self, quantization: str) -> str | None:
+        """Why ``quantization`` cannot train this architecture (None: it can)."""
+        if quantization == "ste" and self.context == "serial":
             return (f"{self.name}: quantization=ste is not available: its serial context model predicts the "
                     "means from the very latents that would be rounded around them; use quantization=noise")
+        if quantization == "noise" and self.context in ("checkerboard", "channel-groups"):
+            return (f"{self.name}: quantization=noise is not available: CompressAI's checkerboard latent codec "
+                    "always gives the decoder y rounded around its means (straight-through); use quantization=ste")
         return None
 
     @property
@@ -257,10 +264,13 @@ def _forward(model: CompressionModel, x: torch.Tensor, quantization: str) -> dic
        mismatch of noise. ``"noise"`` is CompressAI's own behaviour.
     The state dict and the coded format are CompressAI's, unchanged.
     """
-    if isinstance(model, JointAutoregressiveHierarchicalPriors):
-        return _forward_autoregressive(model, x)
-    if isinstance(model, SimpleVAECompressionModel):
-        return _forward_latent_codec(model, x, quantization)
+    if isinstance(model, (JointAutoregressiveHierarchicalPriors, SimpleVAECompressionModel)):
+        refusal = architecture_of(model).quantization_refusal(quantization) if model.training else None
+        if refusal:
+            raise ConfigError(refusal)
+        if isinstance(model, JointAutoregressiveHierarchicalPriors):
+            return _forward_autoregressive(model, x)
+        return _forward_latent_codec(model, x)
     if not isinstance(model, REFERENCE_CLASSES):
         return model(x)  # another CompressAI model: its own forward
     ste = quantization == "ste" and model.training
@@ -303,15 +313,11 @@ def _forward_autoregressive(model: JointAutoregressiveHierarchicalPriors, x: tor
     return {"x_hat": _synthesis(model.g_s, y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
 
-def _forward_latent_codec(model: SimpleVAECompressionModel, x: torch.Tensor, quantization: str) -> dict:
+def _forward_latent_codec(model: SimpleVAECompressionModel, x: torch.Tensor) -> dict:
     """CompressAI's forward of the latent-codec models (checkerboard, ELIC), the whole latent codec in
-    float32. ``quantization`` sets their latent codecs' own quantizer: ``ste`` (CompressAI's choice for
-    them: rounding with a straight-through gradient for what the decoders see) or ``noise``."""
-    from compressai.latent_codecs import GaussianConditionalLatentCodec, HyperLatentCodec
-
-    for m in model.modules():
-        if isinstance(m, (GaussianConditionalLatentCodec, HyperLatentCodec)):
-            m.quantizer = "ste" if quantization == "ste" else "noise"
+    float32 (its context networks included: exact likelihoods, at the cost of bf16's speed-up there).
+    Their latent codecs quantize as CompressAI built them: noise for the rates, y and z rounded with a
+    straight-through gradient for the decoders (``quantization=ste``)."""
     y = _analysis(model.g_a, x)
     with _full_precision(y):
         out = model.latent_codec(y)

@@ -22,7 +22,7 @@ import torch
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
 from compressml.g import check_g, evaluate_g
-from compressml.models.lae import QUANTIZATIONS, architecture_of, build_lae, compress, decompress, forward_padded, load_coding_state
+from compressml.models.lae import QUANTIZATIONS, architecture, architecture_of, build_lae, compress, decompress, forward_padded, load_coding_state
 from compressml.systems.base import CodecSystem, instantiate_spec, plain
 
 __all__ = ["FAMILY", "LAESystem", "instantiate_spec", "plain"]
@@ -45,7 +45,8 @@ class LAESystem(CodecSystem):
         log_images: images in the before/after panel logged each validation epoch (0: none).
         quantization: how training stands in for rounding: ``noise`` (CompressAI's) or ``ste``
             (noise for the rate, rounding with a straight-through gradient for the decoders);
-            see :func:`compressml.models.lae._forward`.
+            see :func:`compressml.models.lae._forward`. None: the architecture's own (``ste`` for the
+            checkerboard and ELIC models, which CompressAI builds so, ``noise`` for the others).
         channels_last: keep the network and its inputs in channels-last memory order while
             training (faster convolutions on CPU and on GPUs with tensor cores; same results).
     """
@@ -62,7 +63,7 @@ class LAESystem(CodecSystem):
         clip_max_norm: float | None = 1.0,
         real_bpp_images: int = 2,
         log_images: int = 2,
-        quantization: str = "noise",
+        quantization: str | None = None,
         channels_last: bool = False,
         family: str = FAMILY,
     ):
@@ -71,6 +72,8 @@ class LAESystem(CodecSystem):
             raise CheckpointError(f"this is a {family!r} model, not an LAE")
         net, g, optimizer, scheduler = plain(net), plain(g), plain(optimizer), plain(scheduler)
         optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-4}
+        if quantization is None:
+            quantization = "ste" if architecture(net.get("arch", "")).quantization_refusal("noise") else "noise"
         if quantization not in QUANTIZATIONS:
             raise ConfigError(f"model.quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
         if aux_lr <= 0:
@@ -91,8 +94,8 @@ class LAESystem(CodecSystem):
             }
         )
         self.net = build_lae(**net)
-        refusal = architecture_of(self.net).ste_refusal
-        if quantization == "ste" and refusal:
+        refusal = architecture_of(self.net).quantization_refusal(quantization)
+        if refusal:
             raise ConfigError(refusal)
         self.g = check_g(instantiate_spec(g, "g") if isinstance(g, Mapping) else g)
         self._real_left = 0
