@@ -72,7 +72,9 @@ def variant_widths(variant: str) -> tuple[int, int | None]:
 def step_seconds(net, precision: str, repeats: int) -> float:
     import torch
 
-    from compressml.models.lae import forward_padded
+    from compressml.models.lae import architecture_of, forward_padded
+
+    quantization = "ste" if architecture_of(net).quantization_refusal("noise") else "noise"
 
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -81,7 +83,7 @@ def step_seconds(net, precision: str, repeats: int) -> float:
     for i in range(repeats + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = forward_padded(net, x)
+            out = forward_padded(net, x, quantization)
             bits = sum(-torch.log2(v.float().clamp_min(1e-9)).sum() for v in out["likelihoods"].values())
             loss = bits / x[:, 0].numel() + LMBDA * 255**2 * torch.mean((out["x_hat"] - x) ** 2)
         loss.backward()
@@ -102,6 +104,8 @@ def coding_seconds(net, images: list, repeats: int) -> dict:
     net.eval()
     net.update(force=True)
     fingerprint = lae_codec.weights_fingerprint(net)
+    with torch.no_grad():  # once per model and process: the decoder's shape template (expected_layout)
+        lae_codec.decode(net, lae_codec.encode(net, lae_codec.SourceImage(rgb=images[0][..., :64, :64]), fingerprint), fingerprint)
     ours_enc, ours_dec, cai_enc, cai_dec, same = [], [], [], [], True
     for rgb in images:
         source = lae_codec.SourceImage(rgb=rgb)

@@ -29,7 +29,7 @@ import torch
 from compressml import metrics
 from compressml.baselines import ClassicalCodec
 from compressml.codec import container as cml
-from compressml.codec.families import family, family_of
+from compressml.codec.families import FAMILIES, family, family_of
 from compressml.codec.files import CodecModel, atomic_write
 from compressml.codec.lae import SourceImage
 from compressml.errors import ConfigError, DataError
@@ -97,7 +97,8 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
         decode_s = time.perf_counter() - start
         rgb = EvalImage.from_tensor(image.name, decoded.rgb).rgb
         record = _record(label, setting, image, path.stat().st_size, rgb, encode_s, decode_s)
-        record.update(family(model.family).record_extras(model.net, container))
+        if model.family in FAMILIES:  # a learned family (the hybrid codec has no extras)
+            record.update(family(model.family).record_extras(model.net, container))
         records.append(record)
     return records
 
