@@ -172,7 +172,7 @@ def test_bundle_loads_into_compressml_and_into_compressais_own_class(spec, tmp_p
     system = LAESystem(net={"arch": spec.name, "channels": 8, "latent_channels": 10 if "M" in spec.widths else None},
                        g={"_target_": "compressml.g.RateDistortion"})
     ckpt = save_checkpoint(system, tmp_path / "model.ckpt")
-    graphs = spec.variant in ("mbt2018", "elic2022_official")  # the graph code is the same for all; every one traces
+    graphs = spec.variant == "elic2022_official"  # the graph code is the same for all ten (all ten traced when checked)
     export_bundle(ckpt, tmp_path / "bundle", onnx=graphs, torchscript=graphs)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["compressai_registry"] == spec.registry_name and manifest["context"] == spec.context
