@@ -8,6 +8,7 @@ gives one; a new family is a subclass here and an entry in :data:`FAMILIES`.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,20 +33,20 @@ def check_sizes(net: Mapping, limits: Mapping[str, int], bad) -> None:
             raise bad(f"net.{key} must be an integer in 1..{limit}, got {net.get(key)!r}")
 
 
-class Family:
+class Family(abc.ABC):
     """What every family answers; see the subclasses."""
 
     name: str = ""
     codes = True  # has a codec of its own (RED decodes the hybrid codec's base layer instead)
 
     # -- building -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def net_spec(self, hparams: Mapping) -> dict:
         """The network's spec in a checkpoint's hyper-parameters."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build(self, spec: Mapping) -> nn.Module:
         """A fresh network (ConfigError or TypeError on a bad spec)."""
-        raise NotImplementedError
 
     def load_state(self, net: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         net.load_state_dict(state, strict=True)
@@ -65,17 +66,17 @@ class Family:
         return net.eval()
 
     # -- bundles -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def validate_manifest(self, manifest: dict, bad, where: str) -> None:
         """Check the family's manifest fields (``bad(why)`` makes the one-line error)."""
-        raise NotImplementedError
 
     def manifest_spec(self, manifest: Mapping) -> Mapping:
         """What :meth:`build` takes, from a validated manifest."""
         return manifest["net"]
 
+    @abc.abstractmethod
     def manifest_fields(self, net: nn.Module, hparams: Mapping) -> dict:
         """The family's fields of an export manifest."""
-        raise NotImplementedError
 
     # -- coding -------------------------------------------------------------------------------
     def coding_options(self, source: Mapping) -> dict:
@@ -97,12 +98,13 @@ class Family:
         raise CompressMLError(f"--refine is for LAE models; {source} is an {self.name.upper()}")
 
     # -- graphs and names -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def export_graphs(self, net: nn.Module) -> tuple[list[Graph], dict]:
         """(graphs an export bundle writes, their description for the manifest)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def curve_name(self, net: nn.Module) -> str:
-        raise NotImplementedError
+        """The name of the model's curve in evaluations (``compressml-<architecture>``)."""
 
 
 class LAEFamily(Family):
