@@ -19,7 +19,7 @@ Three steps (each writes its part of benchmarks/results/architectures.json and p
     .venv/bin/python benchmarks/architectures.py speed
     .venv/bin/python benchmarks/architectures.py train --budget 1200
     .venv/bin/python benchmarks/architectures.py train --extend --budget 4800 --variants elic2022_official mean_scale
-    .venv/bin/python benchmarks/architectures.py kodak
+    .venv/bin/python benchmarks/architectures.py kodak [--only-new]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def coding_seconds(net, images: list, repeats: int) -> dict:
             same &= lae_codec.coded_strings(container) == [s[0] for s in out["strings"]]
         del data
     n = len(images)
-    per = lambda v: sum(v) / n / repeats  # noqa: E731
+    per = lambda v: sum(v) / n / repeats
     return {"encode_s": per(ours_enc), "decode_s": per(ours_dec), "compressai_encode_s": per(cai_enc),
             "compressai_decode_s": per(cai_dec), "encode_ratio": sum(ours_enc) / sum(cai_enc),
             "decode_ratio": sum(ours_dec) / sum(cai_dec), "same_strings": bool(same)}
@@ -215,7 +215,7 @@ def train(args) -> None:
         while pending and len(running) < args.parallel:
             variant, cmd = pending.pop(0)
             run_dir(variant).mkdir(parents=True, exist_ok=True)
-            log = open(run_dir(variant) / f"train_{int(time.time())}.log", "w")
+            log = open(run_dir(variant) / f"train_{int(time.time())}.log", "w")  # noqa: SIM115 (lives as long as the run)
             print(f"start {variant}: {' '.join(cmd[1:])}", flush=True)
             running.append((variant, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), time.time()))
         time.sleep(10)
@@ -238,12 +238,17 @@ def kodak(args) -> None:
 
     torch.set_num_threads(args.threads)
     images = [(f.name, read_source(f)) for f in sorted(KODAK.glob("kodim*.png"))[: args.images]]
-    rows = []
+    earlier = load_results().get("kodak", {}).get("rows", []) if args.only_new else []
+    known = {(r["variant"], round(r["cpu_seconds"])) for r in earlier if r["images"] == len(images)}
+    rows = [r for r in earlier if (r["variant"], round(r["cpu_seconds"])) in known]
     for variant in sorted(p.name for p in RUNS.iterdir() if p.is_dir()) if RUNS.is_dir() else []:
         folder = run_dir(variant) / "checkpoints"
         ckpts = sorted(folder.glob("cpu*.ckpt"), key=lambda p: int(p.stem[3:])) + ([folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else [])
         for ckpt in ckpts:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            if (variant, round(cpu_used(ckpt))) in known:
+                continue
+            known.add((variant, round(cpu_used(ckpt))))
             model = CodecModel.load(ckpt)
             bpp, psnr, loss, enc, dec = [], [], [], [], []
             for name, source in images:
@@ -259,7 +264,7 @@ def kodak(args) -> None:
                 b = 8 * len(data) / (h * w)
                 mse = 10 ** (-q["psnr"] / 10)
                 bpp.append(b), psnr.append(q["psnr"]), loss.append(LMBDA * 255**2 * mse + b)
-            mean = lambda v: sum(v) / len(v)  # noqa: E731
+            mean = lambda v: sum(v) / len(v)
             row = {"variant": variant, "checkpoint": ckpt.name, "cpu_seconds": cpu_used(ckpt), "steps": int(state["global_step"]),
                    "net": state["hyper_parameters"]["net"], "params_M": sum(v.numel() for k, v in state["state_dict"].items()
                    if k.startswith("net.") and v.is_floating_point() and "_cdf" not in k and "scale_table" not in k) / 1e6,
@@ -289,6 +294,8 @@ def main() -> int:
     p = sub.add_parser("kodak")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=24)
+    p.add_argument("--only-new", action="store_true", help="keep the rows already in the JSON; code only checkpoints "
+                   "at CPU budgets not measured yet")
     args = parser.parse_args()
     {"speed": speed, "train": train, "kodak": kodak}[args.step](args)
     return 0

@@ -109,9 +109,10 @@ def test_version_1_files_are_refused_for_architectures_that_never_wrote_them():
 def test_files_hold_compressais_own_bits_and_decode_as_compressai_does(spec):
     net = tiny(spec)
     x = image(spec)
-    container = lae_codec.encode(net, lae_codec.SourceImage(rgb=x))
+    container = lae_codec.encode(net, lae_codec.SourceImage(rgb=x), mode="compressai")
     parsed = cml.parse(container.to_bytes())
     assert parsed.version == cml.FORMAT_VERSION == 2
+    assert lae_codec.decoding_mode_of(parsed) == "compressai"
     padded, _ = pad_to_multiple(x[None], spec.stride)
     with torch.no_grad():
         out = net.compress(padded)

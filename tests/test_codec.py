@@ -154,10 +154,19 @@ def test_cli_roundtrip_and_info(checkpoint, photo, tmp_path, capsys):
     cml_file = out / "photo.cml"
     assert cml_file.is_file()
     assert main(["info", str(cml_file)]) == 0
-    assert "71x45" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "71x45" in printed and "decoding mode exact" in printed
     assert main(["decompress", str(cml_file), "-m", str(checkpoint), "-o", str(tmp_path / "dec.png")]) == 0
     decoded = np.asarray(Image.open(tmp_path / "dec.png"))
     assert decoded.shape == (45, 71, 3)
+    # CompressAI's own bits on request; decoded in that mode, close to the exact one
+    compat = tmp_path / "compat.cml"
+    assert main(["compress", str(photo), "-m", str(checkpoint), "-o", str(compat), "--decoding-mode", "compressai"]) == 0
+    assert main(["info", str(compat)]) == 0
+    assert "decoding mode compressai" in capsys.readouterr().out
+    assert main(["decompress", str(compat), "-m", str(checkpoint), "-o", str(tmp_path / "compat.png")]) == 0
+    other = np.asarray(Image.open(tmp_path / "compat.png")).astype(int)
+    assert np.abs(other - decoded.astype(int)).max() <= 3
     model = CodecModel.load(checkpoint)
     expected = lae_codec.decode(model.net, cml.parse(cml_file.read_bytes())).rgb
     assert np.array_equal(decoded, expected.mul(255).round().byte().permute(1, 2, 0).numpy())

@@ -174,10 +174,10 @@ class LAEFamily(Family):
         check_refinable(net)
         return refinement_for(options.get("g"), steps)
 
-    def encode(self, net, image, fingerprint, refinement=None, **_):
+    def encode(self, net, image, fingerprint, refinement=None, decoding_mode=None, **_):
         from compressml.codec import lae
 
-        return lae.encode(net, image, fingerprint, refinement=refinement)
+        return lae.encode(net, image, fingerprint, refinement=refinement, mode=decoding_mode or lae.DEFAULT_MODE)
 
     def decode(self, net, container, fingerprint):
         from compressml.codec import lae

@@ -99,7 +99,8 @@ class CodecModel:
 
     ``family`` picks the codec (``lae`` or ``mllae``); ``options`` are the family's
     coding options from training (MLLAE's entropy stage; an LAE's reward g, for refinement).
-    ``refinement``: LAE encoder-side latent optimisation (:meth:`refined`).
+    ``refinement``: LAE encoder-side latent optimisation (:meth:`refined`); ``decoding_mode``: how an
+    LAE file is to be decoded (``exact``, the default, or ``compressai``: see ``compressml.codec.lae``).
     """
 
     net: torch.nn.Module
@@ -108,6 +109,7 @@ class CodecModel:
     family: str = "lae"
     options: dict = field(default_factory=dict)
     refinement: lae_codec.Refinement | None = None
+    decoding_mode: str | None = None
 
     def refined(self, steps: int) -> "CodecModel":
         """This model encoding with ``steps`` of latent refinement (0: none); decoding is unchanged."""
@@ -123,9 +125,18 @@ class CodecModel:
             raise CheckpointError(_red_hint(path))
         return cls(net=net, fingerprint=fingerprint, source=str(path), family=name, options=options)
 
+    def with_decoding_mode(self, mode: str | None) -> "CodecModel":
+        """This model writing LAE files in decoding ``mode`` (None: the default, ``exact``)."""
+        if mode is not None and self.family != "lae":
+            raise CompressMLError(f"--decoding-mode is for LAE models; this one is {self.family!r}")
+        if mode is not None and mode not in lae_codec.MODES:
+            raise CompressMLError(f"unknown decoding mode {mode!r}; choose from {', '.join(lae_codec.MODES)}")
+        return replace(self, decoding_mode=mode)
+
     def encode(self, image: SourceImage) -> cml.Container:
         with torch.no_grad():
-            return family(self.family).encode(self.net, image, self.fingerprint, refinement=self.refinement, **self.options)
+            return family(self.family).encode(self.net, image, self.fingerprint, refinement=self.refinement,
+                                              decoding_mode=self.decoding_mode, **self.options)
 
     def decode(self, container: cml.Container) -> SourceImage:
         if container.family != self.family:
@@ -207,4 +218,5 @@ def describe(path: Path) -> dict:
         "padding": (c.pad_h, c.pad_w),
         "bytes": size,
         "bpp": 8 * size / (c.height * c.width),
+        "decoding_mode": lae_codec.decoding_mode_of(c) if c.family == "lae" else None,
     }

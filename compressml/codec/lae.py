@@ -6,8 +6,12 @@ string group CompressAI's ``compress`` returns, in its order) and ``ALPHA`` (the
 zlib-compressed, lossless) for RGBA inputs. Version 1 files (``SHAPE``: the top latent's height and
 width; one ``STRING`` section per latent) are still read.
 
-The decoding mode ``compressai`` (0) decodes with CompressAI's own float arithmetic: the strings are
-those of CompressAI's ``compress`` on the same weights and padded input, bit for bit.
+Decoding modes (LAYOUT's first byte): ``exact`` (1, the default for new files) chooses every CDF in
+fixed-point arithmetic, identical on every machine and device, so the entropy decoding cannot
+desynchronise, and computes the pixels in a fixed partition, identical whatever the thread count
+(see :mod:`compressml.models.exact`). ``compressai`` (0) decodes with CompressAI's own float
+arithmetic: the strings are those of CompressAI's ``compress`` on the same weights and padded input,
+bit for bit. Version 1 files are ``compressai``.
 
 Images above ``tile_pixels`` go through the transforms in overlapping tiles (see
 :mod:`compressml.codec.tiling`; the margin is measured from the architecture), so memory stays
@@ -38,6 +42,7 @@ from compressml.models.lae import (
     coded_latents,
     compress,
     compress_latents,
+    DECODING_MODES,
     decompress,
     entropy_parameters,
     expected_layout,
@@ -51,7 +56,9 @@ from compressml.models.padding import pad_to_multiple
 
 SHAPE, LAYOUT, STRING, STRINGS, ALPHA = 0x01, 0x02, 0x10, 0x11, 0x20
 # decoding modes (LAYOUT's first byte): how the decoder computes what chooses the CDFs and the pixels
-MODES = {"compressai": 0}
+MODES = {"compressai": 0, "exact": 1}
+assert set(MODES) == set(DECODING_MODES)
+DEFAULT_MODE = "exact"
 MODE_NAMES = {v: k for k, v in MODES.items()}
 MAX_STRING_GROUPS = 256
 
@@ -79,8 +86,11 @@ class SourceImage:
 
 
 def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS,
-           refinement: Refinement | None = None) -> Container:
-    """``refinement``: optimise the latents for this image first (slower encoding, same decoder)."""
+           refinement: Refinement | None = None, mode: str = DEFAULT_MODE) -> Container:
+    """``refinement``: optimise the latents for this image first (slower encoding, same decoder);
+    ``mode``: the decoding mode (``exact`` or ``compressai``, see the module docstring)."""
+    if mode not in MODES:
+        raise CompressMLError(f"unknown decoding mode {mode!r}; choose from {', '.join(MODES)}")
     if not is_updated(model):
         model.update(force=True)
     x = image.rgb[None].to(next(model.parameters()).device)
@@ -89,13 +99,13 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
     padded_pixels = (-(-h // stride) * stride) * (-(-w // stride) * stride)
     if padded_pixels > tile_pixels:
         if refinement is not None and refinement.steps > 0:
-            payload = compress_refined_in_tiles(model, x, refinement)
+            payload = compress_refined_in_tiles(model, x, refinement, mode)
         else:
             with tiled_transforms(model, margin=latent_margin(model)):
-                payload = compress(model, x)
+                payload = compress(model, x, mode=mode)
     else:
-        payload = compress(model, x, refinement)
-    sections = [(LAYOUT, bytes([MODES["compressai"]]) + layout.write_tree(payload.shape)),
+        payload = compress(model, x, refinement, mode)
+    sections = [(LAYOUT, bytes([MODES[mode]]) + layout.write_tree(payload.shape)),
                 strings_section([group[0] for group in payload.strings])]
     sections += alpha_section(image)
     return Container(
@@ -111,7 +121,7 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
     )
 
 
-def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings: Refinement,
+def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings: Refinement, mode: str = DEFAULT_MODE,
                               tile: int = 32, margin: int = 4) -> LAEPayload:
     """Latent refinement with the memory of a tile: y is refined tile by tile (``tile`` latent pixels a
     side, the neighbours within ``margin`` as fixed context, each tile scored on its own pixels), z
@@ -134,7 +144,7 @@ def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings
             x[..., a0 * f : min(a1 * f, h), b0 * f : min(b1 * f, w)], settings)
     with torch.no_grad(), tiled_transforms(model, tile, margin), torch.autocast(padded.device.type, enabled=False):
         better = refinement_score(model, y, z, x, settings) < refinement_score(model, plain, z, x, settings)
-    return compress_latents(model, y if better else plain, z, size)
+    return compress_latents(model, y if better else plain, z, size, mode)
 
 
 def decode(model: CompressionModel, container: Container, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS) -> SourceImage:
@@ -146,13 +156,16 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
     if container.pad_h != (-h) % stride or container.pad_w != (-w) % stride:
         raise ContainerError("padding does not match the image size and the model's stride")
     padded = (h + container.pad_h, w + container.pad_w)
-    shape, strings = (_read_payload_v1 if container.version == 1 else _read_payload)(model, container, padded)
+    if container.version == 1:
+        (shape, strings), mode = _read_payload_v1(model, container, padded), "compressai"
+    else:
+        shape, strings, mode = _read_payload(model, container, padded)
     payload = LAEPayload(strings=[[s] for s in strings], shape=shape, size=(h, w))
     if padded[0] * padded[1] > tile_pixels:
         with tiled_transforms(model, margin=latent_margin(model)):
-            x_hat = decompress(model, payload)
+            x_hat = decompress(model, payload, mode)
     else:
-        x_hat = decompress(model, payload)
+        x_hat = decompress(model, payload, mode)
     return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
                        alpha=decode_alpha(container, h, w))
 
@@ -169,12 +182,21 @@ def strings_section(strings: list[bytes]) -> tuple[int, bytes]:
     return (STRINGS, layout.write_blobs(strings))
 
 
-def _read_payload(model: CompressionModel, container: Container, padded: tuple[int, int]):
-    """(shape, strings) of a version 2 file, checked against what the model makes of this image size."""
-    container.check_kinds({LAYOUT, STRINGS, ALPHA})
+def decoding_mode_of(container: Container) -> str:
+    """The decoding mode an LAE file was coded in (``compressai`` for version 1 files)."""
+    if container.version == 1:
+        return "compressai"
     raw = container.section(LAYOUT)
     if not raw or raw[0] not in MODE_NAMES:
         raise ContainerError(f"unknown decoding mode {raw[0] if raw else None} (made by a newer compressml?)")
+    return MODE_NAMES[raw[0]]
+
+
+def _read_payload(model: CompressionModel, container: Container, padded: tuple[int, int]):
+    """(shape, strings, decoding mode) of a version 2 file, checked against what the model makes of this image size."""
+    container.check_kinds({LAYOUT, STRINGS, ALPHA})
+    mode = decoding_mode_of(container)
+    raw = container.section(LAYOUT)
     if not is_updated(model):
         raise ContainerError("the model has no CDF tables (call update() before decoding)")
     shape, groups = expected_layout(model, *padded)
@@ -183,7 +205,7 @@ def _read_payload(model: CompressionModel, container: Container, padded: tuple[i
     strings = layout.read_blobs(container.section(STRINGS), MAX_STRING_GROUPS)
     if len(strings) != groups:
         raise ContainerError(f"expected {groups} string groups, found {len(strings)}")
-    return shape, strings
+    return shape, strings, mode
 
 
 def _read_payload_v1(model: CompressionModel, container: Container, padded: tuple[int, int]):

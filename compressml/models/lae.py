@@ -354,18 +354,100 @@ def forward_padded(model: CompressionModel, x: torch.Tensor, quantization: str =
 
 
 @torch.no_grad()
-def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement | None" = None) -> LAEPayload:
+def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement | None" = None,
+             mode: str = "compressai") -> LAEPayload:
     """Entropy-code a batch (N, 3, H, W) through the rANS coder. The model must be updated.
 
+    ``mode`` (see :data:`DECODING_MODES`): ``compressai`` gives CompressAI's own strings, bit for bit;
+    ``exact`` chooses every CDF in fixed point, so any machine decodes it (decode it in that mode).
     With a :class:`Refinement` the latents are first optimised for this image (see
     :func:`refine_latents`); the decoder is unchanged and reads the file as any other."""
     if refinement is not None and refinement.steps > 0:
         y, z = refine_latents(model, x.float(), refinement)  # gradients on inside
-        return compress_latents(model, y, z, tuple(x.shape[-2:]))
+        return compress_latents(model, y, z, tuple(x.shape[-2:]), mode)
     padded, size = pad_to_multiple(x.float(), stride_of(model))
-    with _full_precision(padded):  # the codec is float32 even inside a mixed-precision step
+    with _full_precision(padded), decoding_mode(model, mode):  # the codec is float32 even inside a mixed-precision step
         out = model.compress(padded)
     return LAEPayload(strings=[list(group) for group in out["strings"]], shape=plain_shape(out["shape"]), size=size)
+
+
+# -- decoding modes ------------------------------------------------------------------------------------
+# ``compressai``: CompressAI's own float arithmetic, its bits. ``exact``: the layers that choose CDFs in
+# fixed point (the same CDFs on every machine and device: the entropy decoding cannot desynchronise),
+# the synthesis in a fixed partition (the same pixels whatever the thread count). See models/exact.py.
+
+DECODING_MODES = ("compressai", "exact")
+
+
+@contextmanager
+def decoding_mode(model: CompressionModel, mode: str):
+    """For a while, ``model.compress`` / ``model.decompress`` code in ``mode``."""
+    from compressml.models import exact
+
+    if mode not in DECODING_MODES:
+        raise ConfigError(f"unknown decoding mode {mode!r}; choose from {', '.join(DECODING_MODES)}")
+    if mode == "compressai":
+        yield model
+        return
+    g_s = model.g_s
+    serial = isinstance(model, JointAutoregressiveHierarchicalPriors)
+    try:
+        with exact.fixed_point_parameters(model):
+            model.g_s = exact.FixedPartitionTransform(g_s)
+            if serial:
+                model._compress_ar = _exact_compress_ar.__get__(model)
+                model._decompress_ar = _exact_decompress_ar.__get__(model)
+            yield model
+    finally:
+        model.g_s = g_s
+        if serial:
+            del model._compress_ar, model._decompress_ar
+
+
+def _exact_entropy_parameters(model, y_hat: torch.Tensor, params: torch.Tensor, h: int, w: int, k: int):
+    """(CDF indexes, means) of the latent pixel (h, w) of the serial context model, in fixed point:
+    its context (the k x k crop of y_hat, masked) and the hyper-decoder's ``params`` there."""
+    context = model.context_prediction(y_hat[:, :, h : h + k, w : w + k], padding=0)
+    scales, means = model.entropy_parameters(torch.cat((params[:, :, h : h + 1, w : w + 1], context), 1)).chunk(2, 1)
+    return model.gaussian_conditional.build_indexes(scales), means
+
+
+def _coder_tables(gc) -> tuple[list, list, list]:
+    return gc.quantized_cdf.tolist(), gc.cdf_length.tolist(), gc.offset.tolist()
+
+
+def _exact_compress_ar(self, y_hat, params, height, width, kernel_size, padding):
+    """The serial context model's raster-scan coding (as CompressAI's ``_compress_ar``), with its
+    context and entropy parameters computed in fixed point."""
+    from compressai.ans import BufferedRansEncoder
+
+    gc = self.gaussian_conditional
+    symbols, indexes = [], []
+    for h in range(height):
+        for w in range(width):
+            index, means = _exact_entropy_parameters(self, y_hat, params, h, w, kernel_size)
+            centre = y_hat[:, :, h + padding : h + padding + 1, w + padding : w + padding + 1]
+            q = torch.round(centre.double() - means)
+            y_hat[:, :, h + padding : h + padding + 1, w + padding : w + padding + 1] = (q + means).float()
+            symbols.extend(q.int().flatten().tolist())
+            indexes.extend(index.flatten().tolist())
+    encoder = BufferedRansEncoder()
+    encoder.encode_with_indexes(symbols, indexes, *_coder_tables(gc))
+    return encoder.flush()
+
+
+def _exact_decompress_ar(self, y_string, y_hat, params, height, width, kernel_size, padding):
+    """The inverse of :func:`_exact_compress_ar` (as CompressAI's ``_decompress_ar``)."""
+    from compressai.ans import RansDecoder
+
+    tables = _coder_tables(self.gaussian_conditional)
+    decoder = RansDecoder()
+    decoder.set_stream(y_string)
+    for h in range(height):
+        for w in range(width):
+            index, means = _exact_entropy_parameters(self, y_hat, params, h, w, kernel_size)
+            q = torch.tensor(decoder.decode_stream(index.flatten().tolist(), *tables), dtype=torch.float64)
+            y_hat[:, :, h + padding : h + padding + 1, w + padding : w + padding + 1] = (q.view_as(means) + means).float()
 
 
 def plain_shape(shape):
@@ -615,10 +697,11 @@ def _pair(latents: list) -> tuple:
 
 
 @torch.no_grad()
-def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, size: tuple[int, int]) -> LAEPayload:
-    """Entropy-code given latents as CompressAI's ``compress`` codes those of g_a / h_a: with
-    ``y = g_a(x)``, ``z = h_a(y)`` the strings are CompressAI's own, bit for bit."""
-    with _full_precision(y):
+def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, size: tuple[int, int],
+                     mode: str = "compressai") -> LAEPayload:
+    """Entropy-code given latents as :func:`compress` codes those of g_a / h_a in ``mode``: with
+    ``y = g_a(x)``, ``z = h_a(y)`` the strings are the same, bit for bit."""
+    with _full_precision(y), decoding_mode(model, mode):
         if isinstance(model, FactorizedPrior):
             return LAEPayload(strings=[model.entropy_bottleneck.compress(y)], shape=tuple(y.shape[-2:]), size=size)
         z_strings = model.entropy_bottleneck.compress(z)
@@ -678,13 +761,14 @@ def _fill(template, h_units: int, w_units: int):
 
 
 @torch.no_grad()
-def decompress(model: CompressionModel, payload: LAEPayload) -> torch.Tensor:
-    """Inverse of :func:`compress`: the reconstruction, cropped to the original size, clamped to [0, 1].
+def decompress(model: CompressionModel, payload: LAEPayload, mode: str = "compressai") -> torch.Tensor:
+    """Inverse of :func:`compress` (in the ``mode`` it was coded in): the reconstruction, cropped to
+    the original size, clamped to [0, 1].
 
     A damaged or crafted string decodes to other latents, possibly extreme ones whose synthesis
     overflows: the pixels are then still finite (NaN 0, infinities clamped), never undefined."""
     device = next(model.parameters()).device
-    with torch.autocast(device.type, enabled=False):
+    with torch.autocast(device.type, enabled=False), decoding_mode(model, mode):
         out = model.decompress(payload.strings, payload.shape)
     return torch.nan_to_num_(crop_to(out["x_hat"], payload.size), nan=0.0).clamp_(0, 1)
 

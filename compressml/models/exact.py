@@ -1,0 +1,275 @@
+"""Decoding that gives the same result whatever runs it.
+
+A learned codec's decoder recomputes, from bits already decoded, the numbers that choose the next
+CDF (the hyper-decoder's scales and means, the context models' predictions). If its float arithmetic
+differs from the encoder's by one rounding, a scale can cross a CDF-table boundary and the entropy
+decoder reads garbage from there on (CompressAI #54, #279; tensorflow-compression #41). Float
+reductions (convolutions) give results that depend on their summation order: on the thread count,
+the instruction set, the library and the device.
+
+Two tools, used by the LAE codec's ``exact`` decoding mode (``compressml.codec.lae``):
+
+:func:`fixed_point_parameters`
+    The layers that choose CDFs compute in integer arithmetic. Each convolution of those paths
+    rounds its input to a fixed-point grid (``frac`` fractional bits, clamped to ``2**INT_BITS``)
+    and its weights to 16-bit integers (a power-of-two scale per output channel), and convolves
+    them in float64, where every product and every partial sum is an integer below 2**53: exact
+    whatever the order of the additions, so the same on every thread count, instruction set and
+    device. Rescaling by a power of two, the bias addition and the element-wise activations
+    (ReLU, LeakyReLU, pixel shuffles) are single IEEE operations, correctly rounded everywhere.
+    Encoder and decoder both use this path, so the choice of every CDF is identical by
+    construction; the weights are the trained ones (rounded to 16 bits), so the rate barely moves.
+
+:func:`fixed_partition`
+    The synthesis transform (pixels, not CDFs) keeps float32 and its fast kernels, but every
+    convolution is cut into bands of a fixed number of output rows, each computed by one thread
+    (the library kernels single-threaded), the bands shared among a pool of the usual number of
+    threads. No sum is split between threads and the cut does not depend on how many there are:
+    the same pixels whatever the thread count, at about the speed of the library's own
+    threading. Across instruction sets or devices the kernels themselves differ (a few pixels off
+    by one level; measured in benchmarks/determinism.py).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+WEIGHT_BITS = 16  # signed weights: |w| <= 2**15 - 1 after scaling
+INT_BITS = 12  # activations of the fixed-point path are clamped to |x| <= 2**12
+EXACT_BITS = 52  # every partial sum stays below 2**52, inside float64's exact integers
+MIN_FRAC_BITS = 6
+ENCODER_PATHS = ("g_a", "h_a", "g_s")  # outside the CDF-choosing path
+
+
+class FixedPointConv(nn.Module):
+    """A Conv2d / ConvTranspose2d (masked ones included) computed exactly in fixed point (see the
+    module docstring); ``forward(x, padding)`` may override the layer's padding (the serial
+    context model convolves a crop without padding)."""
+
+    def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d):
+        super().__init__()
+        self.transposed = isinstance(conv, nn.ConvTranspose2d)
+        w = conv.weight.detach().double()
+        if hasattr(conv, "mask"):  # CompressAI's masked convolutions mask in their forward
+            w = w * conv.mask.double()
+        out_dim = 1 if self.transposed else 0
+        reduce = [d for d in range(w.dim()) if d != out_dim]
+        amax = w.abs().amax(dim=reduce)
+        limit = 2 ** (WEIGHT_BITS - 1) - 1
+        shift = torch.where(amax > 0, torch.floor(torch.log2(limit / amax.clamp_min(1e-300))), torch.zeros_like(amax))
+        shape = [1] * w.dim()
+        shape[out_dim] = -1
+        self.register_buffer("weight_q", torch.round(w * torch.exp2(shift).view(shape)), persistent=False)
+        fan_in = w.numel() // w.shape[out_dim]  # inputs per output (an upper bound for a transposed one)
+        self.frac = EXACT_BITS - (WEIGHT_BITS - 1) - math.ceil(math.log2(max(fan_in, 2))) - INT_BITS
+        if self.frac < MIN_FRAC_BITS:
+            raise ValueError(f"layer too wide for exact fixed point ({fan_in} inputs per output)")
+        self.register_buffer("unscale", torch.exp2(-(shift + self.frac)).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().double().view(1, -1, 1, 1),
+                             persistent=False)
+        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+        self.padding = conv.padding
+        self.output_padding = getattr(conv, "output_padding", 0)
+
+    def forward(self, x: torch.Tensor, padding=None) -> torch.Tensor:
+        padding = self.padding if padding is None else padding
+        bound = 2.0 ** (self.frac + INT_BITS)
+        q = torch.round(x.double() * 2.0**self.frac).clamp_(-bound, bound)
+        with _library_kernels_exact(q):
+            if self.transposed:
+                y = F.conv_transpose2d(q, self.weight_q, None, self.stride, padding, self.output_padding,
+                                       self.groups, self.dilation)
+            else:
+                y = F.conv2d(q, self.weight_q, None, self.stride, padding, self.dilation, self.groups)
+        y = y * self.unscale  # a power of two: exact
+        return y + self.bias if self.bias is not None else y
+
+
+@contextmanager
+def _library_kernels_exact(x: torch.Tensor):
+    """cuDNN may pick FFT or Winograd convolutions, which round; its plain CUDA kernels do not."""
+    if x.device.type == "cuda":
+        with torch.backends.cudnn.flags(enabled=False):
+            yield
+    else:
+        yield
+
+
+def _cdf_path_convs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, conv) of every convolution outside g_a, h_a and g_s."""
+    found = []
+    for name, module in model.named_modules():
+        if any(part in ENCODER_PATHS for part in name.split(".")):
+            continue
+        for child_name, child in module.named_children():
+            if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)) and child_name not in ENCODER_PATHS:
+                found.append((module, child_name, child))
+    return found
+
+
+@contextmanager
+def fixed_point_parameters(model: nn.Module):
+    """For a while, every convolution that chooses CDFs (all outside ``g_a``, ``h_a``, ``g_s``)
+    computes exactly in fixed point (:class:`FixedPointConv`)."""
+    swapped = _cdf_path_convs(model)
+    try:
+        for parent, attr, conv in swapped:
+            if hasattr(conv, "mask"):  # as CompressAI's masked forward does (the weights, and their fingerprint, as in mode compressai)
+                conv.weight.data = conv.weight.data * conv.mask
+            setattr(parent, attr, FixedPointConv(conv))
+        yield model
+    finally:
+        for parent, attr, conv in swapped:
+            setattr(parent, attr, conv)
+
+
+# -- pixels: a fixed partition of every convolution ---------------------------------------------------
+
+BAND_ROWS = 16  # output rows per band: fixed, never derived from the thread count
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv2d_bands(pool, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    kh, kw = weight.shape[-2:]
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        elif padding == "same" and (sh, sw) == (1, 1):
+            padding = None
+        else:
+            return None
+    if padding is None:  # "same": total d(k-1), the extra one at the end
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    else:
+        ph, pw = _pair(padding)
+        pads = (pw, pw, ph, ph)
+    xp = F.pad(x, pads) if any(pads) else x
+    out_h = (xp.shape[-2] - dh * (kh - 1) - 1) // sh + 1
+    if out_h <= 0:
+        return None
+
+    def band(o0: int, o1: int) -> torch.Tensor:
+        rows = xp[..., o0 * sh : (o1 - 1) * sh + dh * (kh - 1) + 1, :]
+        return F.conv2d(rows, weight, bias, (sh, sw), 0, (dh, dw), groups)
+
+    return _gather(pool, band, out_h)
+
+
+def _conv_transpose2d_bands(pool, x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = _pair(stride), _pair(padding), _pair(output_padding), _pair(dilation)
+    kh = weight.shape[-2]
+    h = x.shape[-2]
+    out_h = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    reach = dh * (kh - 1)
+    if out_h <= 0 or reach + 1 < sh:
+        return None
+
+    def band(o0: int, o1: int) -> torch.Tensor:
+        f0, f1 = o0 + ph, o1 + ph  # rows of the uncropped output
+        i0, i1 = max(0, -(-(f0 - reach) // sh)), min(h - 1, (f1 - 1) // sh)
+        made = (i1 - i0) * sh + reach + 1  # rows the slice gives, from i0 * sh
+        extra = max(0, f1 - i0 * sh - made)
+        out = F.conv_transpose2d(x[..., i0 : i1 + 1, :], weight, bias, (sh, sw), (0, pw), (extra, opw), groups, (dh, dw))
+        return out[..., f0 - i0 * sh : f1 - i0 * sh, :]
+
+    return _gather(pool, band, out_h)
+
+
+def _gather(pool, band, out_h: int) -> torch.Tensor:
+    cuts = [(o, min(o + BAND_ROWS, out_h)) for o in range(0, out_h, BAND_ROWS)]
+    parts = list(pool.map(lambda c: band(*c), cuts))
+    return torch.cat(parts, dim=-2)
+
+
+class _FixedPartition(TorchFunctionMode):
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.conv2d or func is torch.conv_transpose2d:
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu" and not x.requires_grad:
+                bands = _conv2d_bands if func is torch.conv2d else _conv_transpose2d_bands
+                out = bands(self.pool, *args, **kwargs)
+                if out is not None:
+                    return out
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def fixed_partition():
+    """For a while, every CPU convolution runs in bands of :data:`BAND_ROWS` output rows, each on
+    one thread, and every other operation single-threaded: results that do not depend on the
+    thread count (see the module docstring). On other devices this changes nothing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # fresh worker threads: they take the single-thread setting when they start
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as pool, _FixedPartition(pool):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class FixedPartitionTransform(nn.Module):
+    """``inner`` run under :func:`fixed_partition` (a synthesis transform with thread-count-free pixels)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:  # latents rounded around fixed-point means: float32 like the weights
+            x = x.float()
+        if x.device.type != "cpu":
+            return self.inner(x)
+        with fixed_partition():
+            return self.inner(x)
+
+
+# -- a probe of the drift: the same convolutions, summed in another order -------------------------------
+
+
+class ReorderedReductions(TorchFunctionMode):
+    """For a while, every convolution (groups 1) sums its input channels in another order: the
+    first half and the second half separately, then added. Mathematically the same; in float
+    arithmetic a different rounding, the kind another thread count, instruction set or device
+    gives. benchmarks/determinism.py and the tests use it to show which results move."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.conv2d or func is torch.conv_transpose2d:
+            bound = _bind(func, args, kwargs)
+            x, weight, c = bound["input"], bound["weight"], bound["input"].shape[1]
+            if bound.get("groups", 1) == 1 and c >= 2 and x.dim() == 4:
+                half = c // 2
+                parts = []
+                for sl, bias in ((slice(0, half), bound.get("bias")), (slice(half, c), None)):
+                    w = weight[:, sl] if func is torch.conv2d else weight[sl]
+                    parts.append(func(**{**bound, "input": x[:, sl], "weight": w, "bias": bias}))
+                return parts[1] + parts[0]
+        return func(*args, **kwargs)
+
+
+_CONV_ARGS = {
+    torch.conv2d: ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    torch.conv_transpose2d: ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+}
+
+
+def _bind(func, args, kwargs) -> dict:
+    return {**dict(zip(_CONV_ARGS[func], args)), **kwargs}
