@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -56,6 +55,7 @@ from compressml.codec.bundle import (
 from compressml.checkpoints import checkpoint_family, read_checkpoint
 from compressml.codec.families import FAMILIES, family, family_of
 from compressml.errors import BundleError, CheckpointError, ConfigError
+from compressml.fileio import file_mode, folder_mode, make_part_folder
 from compressml.hashing import sha256_file
 from compressml.models.graphs import BicubicUpscale, Graph, PlainGDN, plain_transform  # noqa: F401  (re-exported)
 
@@ -323,8 +323,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
     half = round_to_half(net) if dtype == "float16" else set()
 
     created = _missing_parents(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    tmp = make_part_folder(out)
     try:
         from safetensors.torch import save_file
 
@@ -347,11 +346,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
         manifest = build_manifest(net, ckpt, checkpoint, tmp, graphs)
         manifest["dtype"] = dtype
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder (and safetensors' file) are private; a bundle is not
+        os.chmod(tmp, folder_mode())
         for p in tmp.iterdir():
-            os.chmod(p, 0o666 & ~umask)
+            os.chmod(p, file_mode())  # as the umask gives, whatever the writing library chose
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

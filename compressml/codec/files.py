@@ -7,8 +7,6 @@ output is refused unless ``force``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +22,7 @@ from compressml.codec.families import family
 from compressml.codec.lae import SourceImage
 from compressml.data.images import GREY_MODES, IMAGE_SUFFIXES, array_to_tensor, list_images, open_image, pil_to_array
 from compressml.errors import CheckpointError, CompressMLError, DataError
+from compressml.fileio import atomic_write  # callers import it from here too
 
 OUTPUT_FORMATS = {"png": "PNG", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP"}
 
@@ -58,21 +57,6 @@ def to_pil(image: SourceImage) -> Image.Image:
     if alpha is not None:
         return Image.fromarray(np.dstack([arr, alpha]), mode="RGBA")
     return Image.fromarray(arr, mode="RGB")
-
-
-def atomic_write(path: Path, write, force: bool) -> None:
-    """``write(tmp_path)`` then rename onto ``path``; refuses an existing ``path`` unless ``force``."""
-    if path.exists() and not force:
-        raise CompressMLError(f"{path} exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_net(path: str | Path) -> tuple[torch.nn.Module, str, bytes, dict]:

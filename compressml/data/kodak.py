@@ -7,13 +7,13 @@ matches, so an interrupted or tampered download never leaves a usable-looking fi
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 from compressml.errors import DownloadError
+from compressml.fileio import file_mode, part_name, remove_stale_parts
 from compressml.hashing import sha256_file
 
 KODAK_URL = "https://r0k.us/graphics/kodak/kodak/"
@@ -69,14 +69,16 @@ def download_kodak(
         if target.is_file() and sha256_file(target) == digest:
             continue
         url = base_url.rstrip("/") + "/" + name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest)
+        remove_stale_parts(dest)
+        tmp = str(dest / part_name(name))
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
             got = sha256_file(Path(tmp))
             if got != digest:
                 raise DownloadError(f"{url}: checksum mismatch (expected {digest[:12]}…, got {got[:12]}…)")
+            os.chmod(tmp, file_mode())
             os.replace(tmp, target)
         except (urllib.error.URLError, OSError) as e:
             raise DownloadError(f"could not download {url}: {getattr(e, 'reason', e)}") from None
