@@ -252,7 +252,7 @@ def test_tampered_mllae_sections_are_refused(lossless_checkpoint):
 def test_lossless_coding_beyond_the_memory_is_a_one_line_error(lossless_checkpoint, tmp_path, capsys, monkeypatch):
     """A crafted file declaring a huge image (here 16384x16384, 100 GiB to decode) is refused before
     anything is allocated; so is coding an image this machine cannot hold. Nothing is written."""
-    monkeypatch.setattr(codec, "available_memory", lambda: 8 << 30)  # the same on any machine
+    monkeypatch.setattr("compressml.codec.limits.available_memory", lambda: 8 << 30)  # the same on any machine
     model = CodecModel.load(lossless_checkpoint)
     container = model.encode(to_source(smooth_image(20, 30)))
     block = model.net.geometry.block
@@ -260,7 +260,7 @@ def test_lossless_coding_beyond_the_memory_is_a_one_line_error(lossless_checkpoi
     huge = cml.Container(**{**container.__dict__, "height": side, "width": side, "pad_h": (-side) % block, "pad_w": (-side) % block})
     with pytest.raises(CompressMLError, match=r"decoding this 16384x16384 image losslessly needs about 100\.0 GiB of memory; 8\.0 GiB"):
         model.decode(cml.parse(huge.to_bytes()))
-    monkeypatch.setattr(codec, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr("compressml.codec.limits.available_memory", lambda: 1 << 20)
     src = tmp_path / "a.png"
     Image.fromarray(smooth_image(64, 64)).save(src)
     assert main(["compress", str(src), "-m", str(lossless_checkpoint), "-o", str(tmp_path / "a.cml")]) == 2

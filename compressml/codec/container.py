@@ -32,6 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from compressml.codec import limits
 from compressml.errors import CompressMLError
 
 MAGIC = b"CML\x1a"
@@ -44,8 +45,8 @@ _HEADER = struct.Struct(">4sBBH16sIIBBHHH")
 _SECTION = struct.Struct(">BI")
 _CRC = struct.Struct(">I")
 
-MAX_SIDE = 1 << 16  # 65536 pixels a side
-MAX_PIXELS = 1 << 28  # 268 Mpixel
+MAX_SIDE = limits.MAX_SIDE  # 65536 pixels a side
+MAX_PIXELS = limits.DEFAULT_MAX_PIXELS  # 268 Mpixel unless COMPRESSML_MAX_PIXELS says otherwise
 MAX_SECTIONS = 1024
 
 
@@ -105,8 +106,11 @@ class Container:
 
 
 def _check_geometry(height: int, width: int, channels: int, bit_depth: int) -> None:
-    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or height * width > MAX_PIXELS:
-        raise ContainerError(f"image size {height}x{width} is out of range")
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise ContainerError(f"image size {width}x{height} is out of range")
+    if height * width > limits.max_pixels():
+        raise ContainerError(f"a {width}x{height} image is above the limit of {limits.max_pixels()} pixels "
+                             f"(set {limits.ENV_MAX_PIXELS} to allow larger ones)")
     if channels not in (1, 2, 3, 4):
         raise ContainerError(f"unsupported channel count {channels}")
     if bit_depth not in (8, 16):

@@ -160,7 +160,13 @@ def compress_file(model: CodecModel, src: Path, dst: Path, force: bool = False) 
 
 
 def read_container(path: Path) -> cml.Container:
+    from compressml.codec import limits
+
     try:
+        size = Path(path).stat().st_size
+        if size > limits.max_file_bytes():
+            raise limits.LimitError(f"{path}: {size} bytes, more than any image within the limit of {limits.max_pixels()} "
+                                    f"pixels needs (set {limits.ENV_MAX_PIXELS} to allow larger ones)")
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from compressml.baselines import CODECS, ClassicalCodec, available_codecs
 from compressml.codec import container as cml
+from compressml.codec import limits
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.lae import ALPHA, SourceImage, alpha_section, check_fingerprint, decode_alpha
 from compressml.errors import CheckpointError, ConfigError, first_line
@@ -142,6 +143,7 @@ class HybridCodec:
         if container.pad_h != (-h) % scale or container.pad_w != (-w) % scale:
             raise ContainerError("padding does not match the image size and the scale")
         lr_h, lr_w = (h + container.pad_h) // scale, (w + container.pad_w) // scale
+        limits.check_decode_memory(h + container.pad_h, w + container.pad_w)
         payload = container.section(BASE)
         if base == LAE_BASE:
             if self.lae is None:

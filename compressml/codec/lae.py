@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from compressai.models.base import CompressionModel
 
-from compressml.codec import layout
+from compressml.codec import layout, limits
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.tiling import latent_margin, tile_windows, tiled_transforms
 from compressml.errors import CompressMLError, ConfigError
@@ -156,6 +156,7 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
     if container.pad_h != (-h) % stride or container.pad_w != (-w) % stride:
         raise ContainerError("padding does not match the image size and the model's stride")
     padded = (h + container.pad_h, w + container.pad_w)
+    limits.check_decode_memory(*padded)
     if container.version == 1:
         (shape, strings), mode = _read_payload_v1(model, container, padded), "compressai"
     else:

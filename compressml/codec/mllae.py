@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from compressml.codec import limits
 from compressml.codec.container import Container, ContainerError
 from compressml.codec.lae import ALPHA, SourceImage, alpha_section, check_fingerprint, decode_alpha
 from compressml.codec.tiling import TiledTransform
@@ -248,29 +249,9 @@ def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes]) -> 
 LOSSLESS_BYTES_PER_PIXEL = 400
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux's MemAvailable, else free pages), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_lossless_memory(h: int, w: int, what: str) -> None:
     """Refuse, in one line, lossless coding that would need more memory than is available."""
-    needed, available = h * w * LOSSLESS_BYTES_PER_PIXEL, available_memory()
-    if available is not None and needed > available:
-        raise CompressMLError(
-            f"{what} this {w}x{h} image losslessly needs about {needed / 2**30:.1f} GiB of memory; "
-            f"{available / 2**30:.1f} GiB are available"
-        )
+    limits.check_memory(h, w, LOSSLESS_BYTES_PER_PIXEL, what, how="losslessly")
 
 
 def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = "none") -> Container:
@@ -316,11 +297,16 @@ def block_payload_sizes(container: Container, model: MLLAE) -> list[int]:
     g = model.geometry
     entropy = _META.unpack(container.section(META))[5] if len(container.section(META)) == _META.size else -1
     count = ((container.height + container.pad_h) // g.block) * ((container.width + container.pad_w) // g.block)
+    data_bytes = len(container.section(BLOCKS))
     if entropy == ENTROPY_STAGES["none"]:
+        if count * g.code_bytes != data_bytes:  # checked before a list of count lengths exists
+            raise ContainerError("block lengths do not match the block data")
         lengths = [g.code_bytes] * count
     else:
+        if count > len(container.section(LENGTHS)):  # one byte at least per block
+            raise ContainerError(f"the image claims {count} blocks; the block-length section holds fewer")
         lengths = _read_varints(container.section(LENGTHS), count)
-    if any(n > g.code_bytes for n in lengths) or sum(lengths) != len(container.section(BLOCKS)):
+    if any(n > g.code_bytes for n in lengths) or sum(lengths) != data_bytes:
         raise ContainerError("block lengths do not match the block data")
     return lengths
 
@@ -354,6 +340,9 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
         raise ContainerError("padding does not match the image size and the block size")
     if model.lossless:
         check_lossless_memory(h, w, "decoding")
+    # the block codes (int64) and the network's output, before either is allocated
+    limits.check_decode_memory(h + container.pad_h, w + container.pad_w,
+                               limits.LAE_BYTES_PER_PIXEL + 8 * g.elements // (g.block * g.block) + 1)
     grid = ((h + container.pad_h) // g.block, (w + container.pad_w) // g.block)
     count = grid[0] * grid[1]
     cdfs = code_cdfs(model) if entropy == ENTROPY_STAGES["rans"] else None
