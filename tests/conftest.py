@@ -117,3 +117,20 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300):
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint) -> Path:
+    """A tiny untrained LAE checkpoint (hyperprior, 8 channels)."""
+    return tiny_checkpoint
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A smooth 71x45 RGB PNG at tmp_path/in/photo.png."""
+    from PIL import Image
+
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    Image.fromarray(smooth_image(45, 71)).save(path)
+    return path

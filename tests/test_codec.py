@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import photo_crop, run_cli, smooth_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -18,20 +18,6 @@ from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
 from compressml.codec.files import CodecModel, read_source
 from compressml.models import build_lae
-from conftest import photo_crop, run_cli, smooth_image
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_checkpoint) -> Path:
-    return tiny_checkpoint
-
-
-@pytest.fixture
-def photo(tmp_path) -> Path:
-    path = tmp_path / "in" / "photo.png"
-    path.parent.mkdir()
-    Image.fromarray(smooth_image(45, 71)).save(path)
-    return path
 
 
 def sample_container() -> cml.Container:

@@ -10,7 +10,6 @@ import sys
 import threading
 
 import pytest
-from test_codec import checkpoint, photo  # noqa: F401  (fixtures)
 
 from compressml.errors import CompressMLError
 from compressml.fileio import _HOST, atomic_write, part_name, remove_stale_parts
