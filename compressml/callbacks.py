@@ -74,3 +74,112 @@ class CPUTimeBudget(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._before = float(state_dict.get("used", 0.0))
+
+
+class RNGState(pl.Callback):
+    """The random number generators' states in every checkpoint, restored on resume, so that a run
+    killed and resumed from ``last.ckpt`` draws the same crops, shuffles and quantisation noise as
+    one that never stopped (Lightning restores the weights, optimiser, schedulers and loop counters,
+    not the generators). Python's, NumPy's and torch's CPU generator, and the current CUDA device's
+    when there is one; stored as plain tensors and lists (checkpoints load with ``weights_only``).
+
+    A checkpoint written at an epoch's end is restored when the next epoch starts (a resumed run
+    first finishes the restored epoch again and may validate for a sanity check, which draw from
+    the generators); one written mid-epoch, when it is loaded. Under DDP each rank seeds its own
+    generators; rank 0's are saved and restored on every rank."""
+
+    KEY = "compressml_rng"
+
+    def __init__(self):
+        self._stashed: dict | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._stashed is not None:  # saved again while the restored epoch finishes: what was restored
+            checkpoint[self.KEY] = self._stashed
+            return
+        checkpoint[self.KEY] = {**_rng_states(), "at_epoch_end": bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(self.KEY)
+        if state is None:
+            return
+        if state.get("at_epoch_end"):
+            self._stashed = state
+        else:
+            _set_rng_states(state)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stashed is not None and not trainer.fit_loop.restarting:
+            _set_rng_states(self._stashed)
+            self._stashed = None
+
+
+def _rng_states() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_states(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class PlateauOnResume(pl.Callback):
+    """The epoch's ReduceLROnPlateau step that a resumed run would otherwise lose.
+
+    Checkpoints are written at the end of an epoch (after its validation), before Lightning steps
+    the epoch's schedulers. A run resumed from one finishes that epoch again but, "restarting",
+    skips the plateau schedulers' step, since the metric they need is not in the checkpoint. So
+    every resume lost a learning-rate decision, and a killed-and-resumed run drifted from one that
+    never stopped. This callback stores the monitored value with each checkpoint and makes that
+    step when the restarted epoch ends."""
+
+    def __init__(self):
+        self._pending: list | None = None
+
+    @staticmethod
+    def _plateaus(trainer: pl.Trainer) -> list:
+        return [c for c in trainer.lr_scheduler_configs if c.reduce_on_plateau and c.interval == "epoch"]
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._pending is not None:  # saved again while the restored epoch finishes: still pending
+            checkpoint["compressml_plateau_pending"] = self._pending
+            return
+        values = []
+        for config in self._plateaus(trainer):
+            value = trainer.callback_metrics.get(config.monitor) if config.monitor else None
+            values.append(None if value is None else float(value))
+        checkpoint["compressml_plateau_pending"] = values
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._pending = checkpoint.get("compressml_plateau_pending")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if not pending or not trainer.fit_loop.restarting:
+            return
+        for config, value in zip(self._plateaus(trainer), pending):
+            if value is not None:
+                config.scheduler.step(value)
