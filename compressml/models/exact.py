@@ -33,6 +33,7 @@ Two tools, used by the LAE codec's ``exact`` decoding mode (``compressml.codec.l
 from __future__ import annotations
 
 import math
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -114,6 +115,18 @@ def _cdf_path_convs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return found
 
 
+_FIXED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _fixed_point(conv: nn.Module) -> FixedPointConv:
+    """The fixed-point form of ``conv``, made once per state of its weights."""
+    key = tuple((t.data_ptr(), t._version) for t in (conv.weight, conv.bias, getattr(conv, "mask", None)) if t is not None)
+    cached = _FIXED.get(conv)
+    if cached is None or cached[0] != key:
+        cached = _FIXED[conv] = (key, FixedPointConv(conv))
+    return cached[1]
+
+
 @contextmanager
 def fixed_point_parameters(model: nn.Module):
     """For a while, every convolution that chooses CDFs (all outside ``g_a``, ``h_a``, ``g_s``)
@@ -123,7 +136,7 @@ def fixed_point_parameters(model: nn.Module):
         for parent, attr, conv in swapped:
             if hasattr(conv, "mask"):  # as CompressAI's masked forward does (the weights, and their fingerprint, as in mode compressai)
                 conv.weight.data = conv.weight.data * conv.mask
-            setattr(parent, attr, FixedPointConv(conv))
+            setattr(parent, attr, _fixed_point(conv))
         yield model
     finally:
         for parent, attr, conv in swapped:
@@ -132,7 +145,7 @@ def fixed_point_parameters(model: nn.Module):
 
 # -- pixels: a fixed partition of every convolution ---------------------------------------------------
 
-BAND_ROWS = 16  # output rows per band: fixed, never derived from the thread count
+BAND_ROWS = 32  # output rows per band: fixed, never derived from the thread count
 
 
 def _pair(v) -> tuple[int, int]:
@@ -225,8 +238,40 @@ def fixed_partition():
         torch.set_num_threads(threads)
 
 
+def _pointwise_modules(module: nn.Module) -> list[nn.Module]:
+    """The layers that act on each pixel alone (GDN / IGDN: a 1x1 convolution and element-wise
+    operations): run in bands as a whole, their element-wise work is shared among the threads too."""
+    from compressai.layers import GDN
+
+    return [m for m in module.modules() if isinstance(m, GDN)]
+
+
+@contextmanager
+def _banded_pointwise(module: nn.Module, pool):
+    layers = _pointwise_modules(module)
+
+    def banded(layer):
+        forward = type(layer).forward.__get__(layer)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if x.dim() != 4 or x.device.type != "cpu":
+                return forward(x)
+            return _gather(pool, lambda o0, o1: forward(x[..., o0:o1, :]), x.shape[-2])
+
+        return run
+
+    try:
+        for layer in layers:
+            layer.forward = banded(layer)
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
 class FixedPartitionTransform(nn.Module):
-    """``inner`` run under :func:`fixed_partition` (a synthesis transform with thread-count-free pixels)."""
+    """``inner`` run under :func:`fixed_partition` (a synthesis transform with thread-count-free pixels);
+    its pixel-wise layers (GDN) run in bands as a whole."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
@@ -237,8 +282,14 @@ class FixedPartitionTransform(nn.Module):
             x = x.float()
         if x.device.type != "cpu":
             return self.inner(x)
-        with fixed_partition():
-            return self.inner(x)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as pool, \
+                    _banded_pointwise(self.inner, pool), _FixedPartition(pool):
+                return self.inner(x)
+        finally:
+            torch.set_num_threads(threads)
 
 
 # -- a probe of the drift: the same convolutions, summed in another order -------------------------------
