@@ -115,7 +115,7 @@ def _cdf_path_convs(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return found
 
 
-_FIXED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FIXED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def _fixed_point(conv: nn.Module) -> FixedPointConv:
