@@ -303,8 +303,8 @@ def main() -> int:
               f"out of range {row['out_of_range']}, leftover files {row['leftover']}", flush=True)
         for ex in row["examples"][:3]:
             print(f"    case {ex['case']}: {ex['status']}: {ex['detail'][:200]}")
-    out = RESULTS / "fuzz.json"
-    write_json({"machine": machine_info(args.workers), "rows": rows}, out)
+        out = RESULTS / "fuzz.json"  # after every family: a long run stopped early keeps what it measured
+        write_json({"machine": machine_info(args.workers), "rows": rows}, out)
     print(f"wrote {out.relative_to(ROOT)}")
     return 1 if any(r[s] for r in rows for s in FAILURES) else 0
 
