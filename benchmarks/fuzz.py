@@ -289,6 +289,7 @@ def main() -> int:
     parser.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per case")
     parser.add_argument("--memory", type=float, default=2.0, help="GiB of address space per worker beyond its start")
+    parser.add_argument("--out", default="fuzz.json", help="file name in benchmarks/results/")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_common import RESULTS, machine_info, write_json
@@ -303,7 +304,7 @@ def main() -> int:
               f"out of range {row['out_of_range']}, leftover files {row['leftover']}", flush=True)
         for ex in row["examples"][:3]:
             print(f"    case {ex['case']}: {ex['status']}: {ex['detail'][:200]}")
-        out = RESULTS / "fuzz.json"  # after every family: a long run stopped early keeps what it measured
+        out = RESULTS / args.out  # after every family: a long run stopped early keeps what it measured
         write_json({"machine": machine_info(args.workers), "rows": rows}, out)
     print(f"wrote {out.relative_to(ROOT)}")
     return 1 if any(r[s] for r in rows for s in FAILURES) else 0
