@@ -224,15 +224,17 @@ class _FixedPartition(TorchFunctionMode):
 
 
 @contextmanager
-def fixed_partition():
+def fixed_partition(module: nn.Module | None = None):
     """For a while, every CPU convolution runs in bands of :data:`BAND_ROWS` output rows, each on
     one thread, and every other operation single-threaded: results that do not depend on the
-    thread count (see the module docstring). On other devices this changes nothing."""
+    thread count (see the module docstring). ``module``: its pixel-wise layers (GDN) run in bands
+    as a whole. On other devices this changes nothing."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         # fresh worker threads: they take the single-thread setting when they start
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as pool, _FixedPartition(pool):
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as pool, \
+                _banded_pointwise(module, pool), _FixedPartition(pool):
             yield
     finally:
         torch.set_num_threads(threads)
@@ -247,8 +249,8 @@ def _pointwise_modules(module: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def _banded_pointwise(module: nn.Module, pool):
-    layers = _pointwise_modules(module)
+def _banded_pointwise(module: nn.Module | None, pool):
+    layers = _pointwise_modules(module) if module is not None else []
 
     def banded(layer):
         forward = type(layer).forward.__get__(layer)
@@ -282,14 +284,8 @@ class FixedPartitionTransform(nn.Module):
             x = x.float()
         if x.device.type != "cpu":
             return self.inner(x)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as pool, \
-                    _banded_pointwise(self.inner, pool), _FixedPartition(pool):
-                return self.inner(x)
-        finally:
-            torch.set_num_threads(threads)
+        with fixed_partition(self.inner):
+            return self.inner(x)
 
 
 # -- a probe of the drift: the same convolutions, summed in another order -------------------------------
