@@ -113,3 +113,18 @@ def test_fixed_point_convolutions_are_exact_integer_sums():
         q = torch.round(x.double() * 2.0**fixed.frac)
         reordered = sum(F.conv2d(q[:, i : i + 1], fixed.weight_q[:, i : i + 1], padding=2) for i in reversed(range(96)))
         assert torch.equal(reordered * fixed.unscale + fixed.bias, y)
+
+
+def test_one_pass_index_search_gives_compressais_indexes():
+    from compressai.entropy_models import GaussianConditional
+
+    from compressml.models.exact import build_indexes
+
+    table = torch.exp(torch.linspace(torch.log(torch.tensor(0.11)), torch.log(torch.tensor(256.0)), 64))
+    gc = GaussianConditional(table.tolist())
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        scales = torch.exp(torch.rand(2, 8, 9, 7, generator=g, dtype=dtype) * 8 - 4)
+        scales.view(-1)[:64] = table.to(dtype)  # exactly on every boundary
+        scales.view(-1)[64:70] = torch.tensor([0.0, -1.0, 1e-9, 1e9, float("inf"), 0.11], dtype=dtype)
+        assert torch.equal(build_indexes(gc, scales), gc.build_indexes(scales))

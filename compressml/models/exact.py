@@ -143,6 +143,16 @@ def fixed_point_parameters(model: nn.Module):
             setattr(parent, attr, conv)
 
 
+def build_indexes(gaussian_conditional, scales: torch.Tensor) -> torch.Tensor:
+    """CompressAI's ``GaussianConditional.build_indexes`` in one pass: the number of scale-table
+    entries (the last excepted) below each scale, with the same comparisons, so the same indexes,
+    as its loop of one pass per entry."""
+    gc = gaussian_conditional
+    scales = gc.lower_bound_scale(scales)
+    table = gc.scale_table[:-1].to(device=scales.device, dtype=scales.dtype).contiguous()
+    return torch.searchsorted(table, scales.contiguous(), right=False).int()
+
+
 # -- pixels: a fixed partition of every convolution ---------------------------------------------------
 
 BAND_ROWS = 32  # output rows per band: fixed, never derived from the thread count

@@ -12,12 +12,14 @@ apart from MLLAE-N's byte budget on purpose.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from compressai.entropy_models import GaussianConditional
 from compressai.models import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
 from compressai.models.base import CompressionModel, SimpleVAECompressionModel
 from compressai.models.google import JointAutoregressiveHierarchicalPriors
@@ -391,15 +393,20 @@ def decoding_mode(model: CompressionModel, mode: str):
         return
     g_s = model.g_s
     serial = isinstance(model, JointAutoregressiveHierarchicalPriors)
+    conditionals = [m for m in model.modules() if isinstance(m, GaussianConditional)]
     try:
         with exact.fixed_point_parameters(model):
             model.g_s = exact.FixedPartitionTransform(g_s)
+            for gc in conditionals:  # the same indexes as CompressAI's loop, in one pass
+                gc.build_indexes = functools.partial(exact.build_indexes, gc)
             if serial:
                 model._compress_ar = _exact_compress_ar.__get__(model)
                 model._decompress_ar = _exact_decompress_ar.__get__(model)
             yield model
     finally:
         model.g_s = g_s
+        for gc in conditionals:
+            gc.__dict__.pop("build_indexes", None)
         if serial:
             del model._compress_ar, model._decompress_ar
 
