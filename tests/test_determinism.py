@@ -4,6 +4,7 @@ pixels in a fixed partition (the same whatever the thread count); the default fo
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -128,3 +129,93 @@ def test_one_pass_index_search_gives_compressais_indexes():
         scales.view(-1)[:64] = table.to(dtype)  # exactly on every boundary
         scales.view(-1)[64:70] = torch.tensor([0.0, -1.0, 1e-9, 1e9, float("inf"), 0.11], dtype=dtype)
         assert torch.equal(build_indexes(gc, scales), gc.build_indexes(scales))
+
+
+# -- whole networks in exact arithmetic (MLLAE lossless), RED and MLLAE pixels --------------------------
+
+
+def test_exact_float32_convolutions_do_not_depend_on_summation_order_or_threads(threads):
+    from compressml.models.exact import ExactArithmetic
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(32, 16, 3, padding=1), torch.nn.Conv2d(96, 8, 5, stride=2, padding=2),
+              torch.nn.ConvTranspose2d(24, 12, 5, stride=2, padding=2, output_padding=1)]
+    for layer in layers:
+        x = torch.randn(2, layer.in_channels, 19, 23) * 7
+        with torch.no_grad():
+            reference = layer(x)
+            outs = []
+            for count, reorder in ((1, False), (2, False), (2, True)):
+                torch.set_num_threads(count)
+                # the reordering outside: the library kernels under the exact path sum in another order
+                with ReorderedReductions() if reorder else contextlib.nullcontext(), ExactArithmetic():
+                    outs.append(layer(x))
+        assert outs[0].dtype == torch.float32
+        assert all(torch.equal(o, outs[0]) for o in outs[1:])
+        # 10-bit inputs, weights bounded in sum (about 4 bits for the largest of a 2400-input random layer)
+        assert (outs[0] - reference).abs().max() < 0.06 * reference.abs().max()
+
+
+def test_exact_tanh_is_tanh_from_basic_operations():
+    from compressml.models.exact import ExactArithmetic, exact_tanh
+
+    x = torch.linspace(-30, 30, 10001, dtype=torch.float64)
+    assert (exact_tanh(x) - torch.tanh(x)).abs().max() < 1e-14
+    with ExactArithmetic():
+        assert torch.equal(torch.tanh(x), exact_tanh(x)) and torch.equal(x.tanh(), exact_tanh(x))
+
+
+def _mllae(lossless: bool):
+    from compressml.models.mllae import MLLAE
+
+    torch.manual_seed(0)
+    return MLLAE(bytes=16, block=16, channels=8, residual_channels=8, lossless=lossless, quantizer="ste", bits=2).eval()
+
+
+def test_mllae_lossless_codes_in_exact_arithmetic_whatever_the_thread_count_or_summation_order(threads):
+    import numpy as np
+
+    from compressml.codec import mllae as mllae_codec
+
+    model = _mllae(lossless=True)
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 37, 45)).astype(np.float32)
+    source = lae_codec.SourceImage(rgb=torch.from_numpy(rgb) / 255)
+    torch.set_num_threads(2)
+    data = mllae_codec.encode(model, source, b"f" * 16, "rans").to_bytes()
+    parsed = cml.parse(data)
+    assert parsed.section(mllae_codec.META)[-1] == mllae_codec.LOSSLESS_EXACT
+    seen = []
+    hook = model.residual.net.register_forward_hook(lambda _m, _a, out: seen.append(out.detach().clone()))
+    try:
+        for count, reorder in ((2, False), (1, False), (2, True)):
+            torch.set_num_threads(count)
+            with ReorderedReductions() if reorder else contextlib.nullcontext():
+                decoded = mllae_codec.decode(model, cml.parse(data), b"f" * 16)
+            assert torch.equal((decoded.rgb * 255).round(), torch.from_numpy(rgb))
+    finally:
+        hook.remove()
+    phases = len(seen) // 3
+    for k in range(phases):  # the residual model's outputs themselves: identical to the bit
+        assert torch.equal(seen[k], seen[phases + k]) and torch.equal(seen[k], seen[2 * phases + k])
+    # an encoder on one thread writes the same file
+    torch.set_num_threads(1)
+    assert mllae_codec.encode(model, source, b"f" * 16, "rans").to_bytes() == data
+
+
+def test_mllae_and_red_pixels_do_not_depend_on_the_thread_count(threads):
+    from compressml.codec import mllae as mllae_codec
+    from compressml.codec.upscale import upscale_tensor
+    from compressml.models.red import RED
+
+    model = _mllae(lossless=False)
+    x = torch.rand(3, 70, 90)
+    data = mllae_codec.encode(model, lae_codec.SourceImage(rgb=x), b"f" * 16, "none").to_bytes()
+    torch.manual_seed(0)
+    red = RED(scale=2).eval()
+    lr = torch.rand(1, 3, 150, 140)
+    outs = []
+    for count in (1, 2, 3):
+        torch.set_num_threads(count)
+        outs.append((mllae_codec.decode(model, cml.parse(data), b"f" * 16).rgb, upscale_tensor(red, lr, tile=256)))
+    for pixels, upscaled in outs[1:]:
+        assert torch.equal(pixels, outs[0][0]) and torch.equal(upscaled, outs[0][1])

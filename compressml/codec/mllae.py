@@ -2,7 +2,8 @@
 
 Sections:
 
-- ``META``: block, N, bits, latent channels, latent side, the entropy stage, lossless flag.
+- ``META``: block, N, bits, latent channels, latent side, the entropy stage, lossless flag
+  (0: lossy; 1: lossless, float arithmetic (older files); 2: lossless, exact arithmetic).
 - ``LENGTHS``: each block's payload length as a varint (absent when every block is raw).
 - ``BLOCKS``: the block payloads, in row-major block order. A payload is the packed
   fixed-length code (``code_bytes <= N`` bytes), or, with an entropy stage, its
@@ -16,11 +17,16 @@ Sections:
 - ``ALPHA``: the alpha plane, zlib (as for LAE).
 
 The encoder computes the reconstruction with exactly the code path the decoder runs,
-so the residual model sees the same input on both sides.
+so the residual model sees the same input on both sides. In lossless mode (flag 2) that path is
+exact arithmetic (:class:`compressml.models.exact.ExactArithmetic`: fixed-point convolutions, a tanh
+from basic operations): the reconstruction and every CDF choice are the same to the bit on every
+thread count, instruction set and device, so the residual decoder cannot desynchronise. Lossy
+blocks decode in a fixed partition of every convolution (the same pixels whatever the thread count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import math
 import os
@@ -32,9 +38,16 @@ import torch
 
 from compressml.codec import limits
 from compressml.codec.container import Container, ContainerError
-from compressml.codec.lae import ALPHA, SourceImage, alpha_section, check_fingerprint, decode_alpha
+from compressml.codec.lae import (
+    ALPHA,
+    SourceImage,
+    alpha_section,
+    check_fingerprint,
+    decode_alpha,
+)
 from compressml.codec.tiling import TiledTransform
 from compressml.errors import CompressMLError
+from compressml.models.exact import ExactArithmetic, fixed_partition
 from compressml.models.mllae import (
     LOSSLESS_MAX_SCALE,
     LOSSLESS_MIN_SCALE,
@@ -47,6 +60,7 @@ from compressml.models.mllae import (
 
 META, LENGTHS, BLOCKS, RESIDUAL = 0x01, 0x02, 0x11, 0x12
 ENTROPY_STAGES = {"none": 0, "lzma": 1, "rans": 2}
+LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT = 0, 1, 2  # META's lossless flag
 _META = struct.Struct(">HIBHHBB")
 PRECISION = 16  # rANS CDF precision (CompressAI's)
 RANS_MIN_SYMBOLS = 16  # shorter strings are padded (see _padded)
@@ -254,7 +268,9 @@ def check_lossless_memory(h: int, w: int, what: str) -> None:
     limits.check_memory(h, w, LOSSLESS_BYTES_PER_PIXEL, what, how="losslessly")
 
 
-def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = "none") -> Container:
+def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = "none", exact: bool = True) -> Container:
+    """``exact=False`` (lossless only) writes an older file, flag 1: the residual model in this
+    machine's float arithmetic (for comparisons: benchmarks/determinism.py)."""
     if entropy not in ENTROPY_STAGES:
         raise ContainerError(f"unknown entropy stage {entropy!r}; choose from {', '.join(ENTROPY_STAGES)}")
     g = model.geometry
@@ -274,15 +290,17 @@ def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = 
                 coded = _rans_encode(codes_np[i], channel, cdfs, 0)
             if len(coded) < len(raw):
                 payloads[i] = coded
-    meta = _META.pack(g.block, g.bytes, g.bits, g.latent_channels, g.side, ENTROPY_STAGES[entropy], int(model.lossless))
+    flag = (LOSSLESS_EXACT if exact else LOSSLESS_FLOAT) if model.lossless else LOSSY
+    meta = _META.pack(g.block, g.bytes, g.bits, g.latent_channels, g.side, ENTROPY_STAGES[entropy], flag)
     sections = [(META, meta)]
     if entropy != "none":
         sections.append((LENGTHS, _varints(len(p) for p in payloads)))
     sections.append((BLOCKS, b"".join(payloads)))
     if model.lossless:
-        x_hat = model.decode(codes, grid, (h, w))
         x255 = (image.rgb * 255).round().long().numpy()
-        sections += [(RESIDUAL, string) for string in encode_residual(model, x_hat, x255)]
+        with ExactArithmetic() if exact else contextlib.nullcontext():
+            x_hat = model.decode(codes, grid, (h, w))
+            sections += [(RESIDUAL, string) for string in encode_residual(model, x_hat, x255)]
     sections += alpha_section(image)
     # lossless mode is exact at 8 bits per channel: a 16-bit source comes back as its 8-bit conversion
     bit_depth = 8 if model.lossless and image.alpha is None else image.bit_depth
@@ -333,7 +351,8 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     block, n_bytes, bits, channels, side, entropy, lossless = _META.unpack(meta)
     if (block, n_bytes, bits, channels, side) != (g.block, g.bytes, g.bits, g.latent_channels, g.side):
         raise ContainerError("the file's block geometry does not match the model")
-    if entropy not in ENTROPY_STAGES.values() or lossless != int(model.lossless):
+    if entropy not in ENTROPY_STAGES.values() or lossless not in (LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT) \
+            or (lossless != LOSSY) != model.lossless:
         raise ContainerError("unknown entropy stage or lossless flag in the MLLAE metadata")
     h, w = container.height, container.width
     if container.pad_h != (-h) % g.block or container.pad_w != (-w) % g.block:
@@ -364,9 +383,16 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     if codes.max(initial=0) >= 2**g.bits or codes.min(initial=0) < 0:
         raise ContainerError("block code values out of range")
     codes_t = torch.from_numpy(codes).view(count, g.latent_channels, g.side, g.side).to(next(model.parameters()).device)
-    x_hat = model.decode(codes_t, grid, (h, w))
+    if lossless == LOSSLESS_EXACT:
+        with ExactArithmetic():
+            x_hat = model.decode(codes_t, grid, (h, w))
+            x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL))
+    elif lossless == LOSSLESS_FLOAT:  # older files: this machine's float arithmetic, as they were made
+        x255 = decode_residual(model, model.decode(codes_t, grid, (h, w)), container.sections_of(RESIDUAL))
+    else:
+        with fixed_partition(model.decoder):
+            x_hat = model.decode(codes_t, grid, (h, w))
     if model.lossless:
-        x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL))
         x_hat = torch.from_numpy(x255[None]).float().div(255)
     return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
                        alpha=decode_alpha(container, h, w))

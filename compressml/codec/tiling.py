@@ -9,7 +9,9 @@ still sees the whole latent, so the bitstream is one piece.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -30,32 +32,55 @@ class TiledTransform(nn.Module):
     analysis transform (``down=True``) or a synthesis transform (``down=False``).
 
     Tiles are ``tile`` latent pixels a side, each computed with ``margin`` latent
-    pixels of context on every side.
+    pixels of context on every side. ``parallel``: on the CPU, the tiles are shared among a pool of
+    the usual number of threads, each tile computed whole by one thread with single-threaded
+    kernels: the result depends on the tile size, never on the thread count.
     """
 
-    def __init__(self, inner: nn.Module, factor: int, down: bool, tile: int = 32, margin: int = 4):
+    def __init__(self, inner: nn.Module, factor: int, down: bool, tile: int = 32, margin: int = 4,
+                 parallel: bool = False):
         super().__init__()
         self.inner, self.factor, self.down, self.tile, self.margin = inner, factor, down, tile, margin
+        self.parallel = parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.factor
         lh, lw = (x.shape[-2] // f, x.shape[-1] // f) if self.down else x.shape[-2:]
-        out = None
-        for (a0, a1, b0, b1), (e0, e1, g0, g1) in tile_windows(lh, lw, self.tile, self.margin):
-            if self.down:
-                piece = self.inner(x[..., e0 * f : e1 * f, g0 * f : g1 * f])
-                piece = piece[..., a0 - e0 : a1 - e0, b0 - g0 : b1 - g0]
-                dst = (slice(a0, a1), slice(b0, b1))
-                full = (lh, lw)
-            else:
-                piece = self.inner(x[..., e0:e1, g0:g1])
-                piece = piece[..., (a0 - e0) * f : (a1 - e0) * f, (b0 - g0) * f : (b1 - g0) * f]
-                dst = (slice(a0 * f, a1 * f), slice(b0 * f, b1 * f))
-                full = (lh * f, lw * f)
-            if out is None:
-                out = piece.new_empty(*piece.shape[:-2], *full)
-            out[..., dst[0], dst[1]] = piece
-        return out
+        out = []
+        lock = threading.Lock()
+        grad = torch.is_grad_enabled()  # thread-local: pool workers take the caller's
+
+        def run(windows) -> None:
+            (a0, a1, b0, b1), (e0, e1, g0, g1) = windows
+            with torch.set_grad_enabled(grad):
+                if self.down:
+                    piece = self.inner(x[..., e0 * f : e1 * f, g0 * f : g1 * f])
+                    piece = piece[..., a0 - e0 : a1 - e0, b0 - g0 : b1 - g0]
+                    dst = (slice(a0, a1), slice(b0, b1))
+                    full = (lh, lw)
+                else:
+                    piece = self.inner(x[..., e0:e1, g0:g1])
+                    piece = piece[..., (a0 - e0) * f : (a1 - e0) * f, (b0 - g0) * f : (b1 - g0) * f]
+                    dst = (slice(a0 * f, a1 * f), slice(b0 * f, b1 * f))
+                    full = (lh * f, lw * f)
+                with lock:
+                    if not out:
+                        out.append(piece.new_empty(*piece.shape[:-2], *full))
+                out[0][..., dst[0], dst[1]] = piece
+
+        windows = list(tile_windows(lh, lw, self.tile, self.margin))
+        if self.parallel and x.device.type == "cpu":
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:  # fresh worker threads take the single-thread setting when they start
+                with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-tile") as pool:
+                    list(pool.map(run, windows))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            for w in windows:
+                run(w)
+        return out[0]
 
 
 @contextmanager

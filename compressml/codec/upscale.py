@@ -21,6 +21,7 @@ from compressml.errors import CheckpointError, ConfigError
 
 DEFAULT_TILE = 256  # low-resolution pixels per tile side
 MIN_TILE = 16
+PARALLEL_TILE = 128  # low-resolution pixels per tile side when the tiles are shared among threads
 
 
 @dataclass
@@ -56,9 +57,11 @@ def upscale_tensor(net: torch.nn.Module, lr: torch.Tensor, tile: int | None = DE
         raise ConfigError(f"tile must be >= {MIN_TILE} low-resolution pixels (or null: untiled), got {tile}")
     device = next(net.parameters()).device
     lr = lr.to(device)
-    run = net
-    if tile is not None and max(lr.shape[-2:]) > tile:
-        run = TiledTransform(net, factor=net.scale, down=False, tile=tile, margin=net.receptive_radius)
+    if tile is None:
+        run = net
+    else:  # tiles of at most PARALLEL_TILE, shared among the threads: the same pixels whatever their count
+        run = TiledTransform(net, factor=net.scale, down=False, tile=min(tile, PARALLEL_TILE),
+                             margin=net.receptive_radius, parallel=True)
     with torch.no_grad():
         return run(lr).clamp(0, 1)
 

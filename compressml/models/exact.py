@@ -32,7 +32,9 @@ Two tools, used by the LAE codec's ``exact`` decoding mode (``compressml.codec.l
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -57,22 +59,12 @@ class FixedPointConv(nn.Module):
     def __init__(self, conv: nn.Conv2d | nn.ConvTranspose2d):
         super().__init__()
         self.transposed = isinstance(conv, nn.ConvTranspose2d)
-        w = conv.weight.detach().double()
+        w = conv.weight.detach()
         if hasattr(conv, "mask"):  # CompressAI's masked convolutions mask in their forward
-            w = w * conv.mask.double()
-        out_dim = 1 if self.transposed else 0
-        reduce = [d for d in range(w.dim()) if d != out_dim]
-        amax = w.abs().amax(dim=reduce)
-        limit = 2 ** (WEIGHT_BITS - 1) - 1
-        shift = torch.where(amax > 0, torch.floor(torch.log2(limit / amax.clamp_min(1e-300))), torch.zeros_like(amax))
-        shape = [1] * w.dim()
-        shape[out_dim] = -1
-        self.register_buffer("weight_q", torch.round(w * torch.exp2(shift).view(shape)), persistent=False)
-        fan_in = w.numel() // w.shape[out_dim]  # inputs per output (an upper bound for a transposed one)
-        self.frac = EXACT_BITS - (WEIGHT_BITS - 1) - math.ceil(math.log2(max(fan_in, 2))) - INT_BITS
-        if self.frac < MIN_FRAC_BITS:
-            raise ValueError(f"layer too wide for exact fixed point ({fan_in} inputs per output)")
-        self.register_buffer("unscale", torch.exp2(-(shift + self.frac)).view(1, -1, 1, 1), persistent=False)
+            w = w.double() * conv.mask.double()
+        weight_q, unscale, self.frac = quantized_weights(w, self.transposed)
+        self.register_buffer("weight_q", weight_q, persistent=False)
+        self.register_buffer("unscale", unscale, persistent=False)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().double().view(1, -1, 1, 1),
                              persistent=False)
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
@@ -81,24 +73,58 @@ class FixedPointConv(nn.Module):
 
     def forward(self, x: torch.Tensor, padding=None) -> torch.Tensor:
         padding = self.padding if padding is None else padding
-        bound = 2.0 ** (self.frac + INT_BITS)
-        q = torch.round(x.double() * 2.0**self.frac).clamp_(-bound, bound)
-        with _library_kernels_exact(q):
-            if self.transposed:
-                y = F.conv_transpose2d(q, self.weight_q, None, self.stride, padding, self.output_padding,
-                                       self.groups, self.dilation)
-            else:
-                y = F.conv2d(q, self.weight_q, None, self.stride, padding, self.dilation, self.groups)
-        y = y * self.unscale  # a power of two: exact
-        return y + self.bias if self.bias is not None else y
+        if self.transposed:
+            conv = functools.partial(F.conv_transpose2d, stride=self.stride, padding=padding,
+                                     output_padding=self.output_padding, groups=self.groups, dilation=self.dilation)
+        else:
+            conv = functools.partial(F.conv2d, stride=self.stride, padding=padding, dilation=self.dilation,
+                                     groups=self.groups)
+        return _fixed_point_apply(conv, x, self.weight_q, self.unscale, self.frac, self.bias)
+
+
+def quantized_weights(w: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A convolution's weights as 16-bit integers (float64), the power of two per output channel
+    that undoes their scaling and the input's fractional bits, and those fractional bits: the
+    most that keep every partial sum below 2**52 (see the module docstring)."""
+    w = w.detach().double()
+    out_dim = 1 if transposed else 0
+    reduce = [d for d in range(w.dim()) if d != out_dim]
+    amax = w.abs().amax(dim=reduce)
+    limit = 2 ** (WEIGHT_BITS - 1) - 1
+    shift = torch.where(amax > 0, torch.floor(torch.log2(limit / amax.clamp_min(1e-300))), torch.zeros_like(amax))
+    shape = [1] * w.dim()
+    shape[out_dim] = -1
+    fan_in = w.numel() // w.shape[out_dim]  # inputs per output (an upper bound for a transposed one)
+    frac = EXACT_BITS - (WEIGHT_BITS - 1) - math.ceil(math.log2(max(fan_in, 2))) - INT_BITS
+    if frac < MIN_FRAC_BITS:
+        raise ValueError(f"layer too wide for exact fixed point ({fan_in} inputs per output)")
+    weight_q = torch.round(w * torch.exp2(shift).view(shape))
+    return weight_q, torch.exp2(-(shift + frac)).view(1, -1, 1, 1), frac
+
+
+def _fixed_point_apply(conv, x: torch.Tensor, weight_q: torch.Tensor, unscale: torch.Tensor, frac: int,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv`` (no bias) of ``x`` on the 2**-frac grid with integer weights, in float64: exact."""
+    bound = 2.0 ** (frac + INT_BITS)
+    q = torch.round(x.double() * 2.0**frac).clamp_(-bound, bound)
+    with _library_kernels_exact(q):
+        y = conv(q, weight_q.to(q.device))
+    y = y * unscale.to(q.device)  # a power of two: exact
+    return y + bias.double().view(1, -1, 1, 1) if bias is not None else y
 
 
 @contextmanager
 def _library_kernels_exact(x: torch.Tensor):
-    """cuDNN may pick FFT or Winograd convolutions, which round; its plain CUDA kernels do not."""
+    """cuDNN may pick FFT or Winograd convolutions, which round; the plain CUDA kernels do not, as
+    long as their matrix products keep float32 (no TF32: 10-bit mantissas would round the weights)."""
     if x.device.type == "cuda":
-        with torch.backends.cudnn.flags(enabled=False):
-            yield
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            with torch.backends.cudnn.flags(enabled=False):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
     else:
         yield
 
@@ -141,6 +167,106 @@ def fixed_point_parameters(model: nn.Module):
     finally:
         for parent, attr, conv in swapped:
             setattr(parent, attr, conv)
+
+
+# -- a whole network in exact arithmetic ----------------------------------------------------------
+
+
+def exact_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh from additions, multiplications and divisions only (each correctly rounded, so the same
+    on every machine, unlike a library's vectorised tanh): a Padé approximant at x / 2**10, then ten
+    doublings tanh(2a) = 2 tanh(a) / (1 + tanh(a)**2). Within 1e-15 of tanh, in float64."""
+    x = x.double().clamp(-20.0, 20.0)
+    t = x * 2.0**-10  # a power of two: exact
+    t2 = t * t
+    y = t * (t2 + 15.0) / (t2 * 6.0 + 15.0)
+    for _ in range(10):
+        y = (y * 2.0) / (y * y + 1.0)
+    return y
+
+
+# float32 holds every integer up to 2**24: a convolution of integer inputs |q| <= 2**INPUT_BITS by
+# integer weights whose absolute sum per output is at most 2**WEIGHT_SUM_BITS has every partial sum,
+# in any order, within 2**24 (INPUT_BITS + WEIGHT_SUM_BITS = 24): exact in float32, at oneDNN's speed.
+# The split (10 + 14) is the measured best of a few on Kodak with the MLLAE lossless model (a rate
+# within 0.2 % of float arithmetic; 15-bit inputs in two 8-bit limbs gave the same rate at twice the cost).
+FLOAT32_EXACT_BITS = 24
+INPUT_BITS = 10
+WEIGHT_SUM_BITS = FLOAT32_EXACT_BITS - INPUT_BITS
+
+
+def sum_bounded_weights(w: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's weights as integers (float32) whose absolute sum per output channel is at most
+    2**WEIGHT_SUM_BITS, and the power of two per output channel that undoes their scaling. Bounding
+    the sum rather than the largest weight keeps about 9 to 11 bits for the largest weight of a
+    typical 3x3 layer. A transposed convolution's output sums fewer taps than the bound counts."""
+    w = w.detach().double()
+    out_dim = 1 if transposed else 0
+    w_out = w.transpose(0, 1) if transposed else w  # (out, in, kh, kw)
+    l1 = w_out.abs().flatten(1).sum(1)
+    fan_in = w_out[0].numel()
+    budget = 2.0**WEIGHT_SUM_BITS
+    room = budget - fan_in / 2  # rounding adds at most 1/2 per weight
+    if room < 1:
+        raise ValueError(f"layer too wide for exact float32 convolution ({fan_in} inputs per output)")
+    shift = torch.where(l1 > 0, torch.floor(torch.log2(room / l1.clamp_min(1e-300))), torch.zeros_like(l1))
+    shape = [1] * w.dim()
+    shape[out_dim] = -1
+    weight_q = torch.round(w * torch.exp2(shift).view(shape))
+    q_out = weight_q.transpose(0, 1) if transposed else weight_q
+    if not bool((q_out.abs().flatten(1).sum(1) <= budget).all()):  # cannot happen; the exactness rests on it
+        raise AssertionError("weight sum above the exact float32 bound")
+    return weight_q.float(), torch.exp2(-shift).float().view(1, -1, 1, 1)
+
+
+def _integer_weights(weight: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sum_bounded_weights`, kept on the tensor for as long as its values stay the same."""
+    key = (weight.data_ptr(), weight._version, transposed)
+    cached = getattr(weight, "_compressml_integer_weights", None)
+    if cached is None or cached[0] != key:
+        cached = (key, sum_bounded_weights(weight, transposed))
+        weight._compressml_integer_weights = cached
+    return cached[1]
+
+
+def exact_float32_convolution(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              transposed: bool) -> torch.Tensor:
+    """``conv`` of ``x`` by ``weight`` in float32, the same to the bit wherever it runs: ``x`` rounded
+    to integers of at most 2**INPUT_BITS on a power-of-two grid fitted to its largest magnitude (a
+    maximum does not depend on the order it is taken in), convolved with :func:`sum_bounded_weights`
+    (integer sums within 2**24: exact in any order), then rescaled by a power of two (exact) and
+    biased (one correctly rounded addition)."""
+    weight_q, unscale = _integer_weights(weight, transposed)
+    x = x.float()
+    if x.numel():
+        low, high = torch.aminmax(x)
+        amax = max(-float(low), float(high))
+    else:
+        amax = 0.0
+    exponent = math.frexp(amax)[1] if 0 < amax < math.inf else 0  # amax < 2**exponent
+    frac = INPUT_BITS - exponent  # |x| * 2**frac < 2**INPUT_BITS: |q| <= 2**INPUT_BITS after rounding
+    q = torch.mul(x, 2.0**frac).round_()
+    with _library_kernels_exact(x):
+        y = conv(q, weight_q.to(x.device))
+    y.mul_(unscale.to(x.device) * 2.0**-frac)  # a power of two: exact
+    return y.add_(bias.float().view(1, -1, 1, 1)) if bias is not None else y
+
+
+class ExactArithmetic(TorchFunctionMode):
+    """For a while, every convolution is exact (:func:`exact_float32_convolution`) and tanh is
+    :func:`exact_tanh`: with the element-wise arithmetic (single IEEE operations) a network whose output is
+    the same to the bit on every thread count, instruction set and device. Used where a whole network
+    chooses CDFs: the MLLAE lossless residual model and the reconstruction it starts from."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.conv2d or func is torch.conv_transpose2d:
+            bound = _bind(func, args, kwargs)
+            x, weight, bias = bound.pop("input"), bound.pop("weight"), bound.pop("bias", None)
+            return exact_float32_convolution(functools.partial(func, **bound), x, weight, bias, func is torch.conv_transpose2d)
+        if func is torch.tanh or func is torch.Tensor.tanh:
+            return exact_tanh(args[0] if args else kwargs["input"])
+        return func(*args, **kwargs)
 
 
 def build_indexes(gaussian_conditional, scales: torch.Tensor) -> torch.Tensor:
@@ -211,9 +337,26 @@ def _conv_transpose2d_bands(pool, x, weight, bias=None, stride=1, padding=0, out
 
 
 def _gather(pool, band, out_h: int) -> torch.Tensor:
-    cuts = [(o, min(o + BAND_ROWS, out_h)) for o in range(0, out_h, BAND_ROWS)]
-    parts = list(pool.map(lambda c: band(*c), cuts))
-    return torch.cat(parts, dim=-2)
+    """The bands of ``out_h`` rows, each computed and copied into the output by one worker (the
+    output is made by the first to finish: no single-threaded concatenation afterwards)."""
+    rows = pool.rows
+    cuts = [(o, min(o + rows, out_h)) for o in range(0, out_h, rows)]
+    if len(cuts) == 1:
+        return band(*cuts[0])
+    out: list[torch.Tensor] = []
+    lock = threading.Lock()
+    grad = torch.is_grad_enabled()  # thread-local: the workers take the caller's
+
+    def fill(cut: tuple[int, int]) -> None:
+        with torch.set_grad_enabled(grad):
+            part = band(*cut)
+        with lock:
+            if not out:
+                out.append(part.new_empty((*part.shape[:-2], out_h, part.shape[-1])))
+        out[0][..., cut[0] : cut[1], :] = part
+
+    list(pool.map(fill, cuts))
+    return out[0]
 
 
 class _FixedPartition(TorchFunctionMode):
@@ -233,29 +376,45 @@ class _FixedPartition(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _Bands:
+    """The worker pool and the band height of a :func:`fixed_partition`."""
+
+    def __init__(self, executor: ThreadPoolExecutor, rows: int):
+        self.executor, self.rows = executor, rows
+
+    def map(self, fn, items):
+        return self.executor.map(fn, items)
+
+
 @contextmanager
-def fixed_partition(module: nn.Module | None = None):
-    """For a while, every CPU convolution runs in bands of :data:`BAND_ROWS` output rows, each on
-    one thread, and every other operation single-threaded: results that do not depend on the
-    thread count (see the module docstring). ``module``: its pixel-wise layers (GDN) run in bands
-    as a whole. On other devices this changes nothing."""
+def fixed_partition(module: nn.Module | None = None, rows: int = BAND_ROWS):
+    """For a while, every CPU convolution runs in bands of ``rows`` output rows (a constant of the
+    caller, never derived from the thread count), each on one thread, and every other operation
+    single-threaded: results that do not depend on the thread count (see the module docstring).
+    ``module``: its pixel-wise layers (GDN, activations) run in bands as a whole. On other devices
+    this changes nothing."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         # fresh worker threads: they take the single-thread setting when they start
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as pool, \
-                _banded_pointwise(module, pool), _FixedPartition(pool):
-            yield
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compressml-band") as executor:
+            pool = _Bands(executor, rows)
+            with _banded_pointwise(module, pool), _FixedPartition(pool):
+                yield
     finally:
         torch.set_num_threads(threads)
 
 
+_ACTIVATIONS = (nn.PReLU, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Mish)
+
+
 def _pointwise_modules(module: nn.Module) -> list[nn.Module]:
     """The layers that act on each pixel alone (GDN / IGDN: a 1x1 convolution and element-wise
-    operations): run in bands as a whole, their element-wise work is shared among the threads too."""
+    operations; activations): run in bands as a whole, their work is shared among the threads too
+    (element-wise results do not depend on how the work is cut)."""
     from compressai.layers import GDN
 
-    return [m for m in module.modules() if isinstance(m, GDN)]
+    return [m for m in module.modules() if isinstance(m, (GDN, *_ACTIVATIONS))]
 
 
 @contextmanager
