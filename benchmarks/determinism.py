@@ -88,8 +88,8 @@ def lossless_worker(folder: Path, images: list[str], inside: str | None, arrays:
     import numpy as np
 
     from compressml.codec import container as cml
-    from compressml.codec.container import ContainerError
     from compressml.codec import mllae as mllae_codec
+    from compressml.codec.container import ContainerError
     from compressml.codec.loader import load_codec
     from compressml.models.exact import ReorderedReductions
 
