@@ -29,20 +29,35 @@ def _outputs(pairs, out: str | None, suffix: str) -> list:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from compressml.codec.files import compress_file, expand_inputs
+    from compressml.codec.files import RateRequest, compress_file, expand_inputs
     from compressml.codec.loader import load_codec
+    from compressml.codec.rate_control import TARGETS
     from compressml.data.images import IMAGE_SUFFIXES
 
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".cml")
     _refuse_existing([dst for _, dst in jobs], args.force)
+    targets = [(t, getattr(args, t)) for t in TARGETS if getattr(args, t) is not None]
+    if len(targets) > 1:
+        raise CompressMLError("give one of --max-bytes, --bpp, --psnr, --ms-ssim")
+    target, value = targets[0] if targets else (None, None)
+    if args.roi is None and args.roi_quality is not None:
+        raise CompressMLError("--roi-quality goes with --roi MASK")
+    request = RateRequest(target=target, value=value, roi=Path(args.roi) if args.roi else None, roi_quality=args.roi_quality)
     if args.model is None:  # the premade LAE family; -q picks the rate
         from compressml import premade
 
         if args.base is not None:
             raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
-        chosen = premade.lae_for_quality(args.quality)
-        print(f"model: premade {chosen.name} (-q {chosen.quality})")
-        model = load_codec(str(chosen.bundle))
+        if target is not None:
+            request.ladder = [load_codec(str(m.bundle)) for m in premade.lae_family()]
+            print(f"models: premade {', '.join(m.name for m in premade.lae_family())} (rate control: --{target.replace('_', '-')} {value:g})")
+            model = request.ladder[0]
+        else:
+            if args.quality is not None and args.quality != int(args.quality):
+                raise CompressMLError("-q picks a premade LAE: a whole number")
+            chosen = premade.lae_for_quality(None if args.quality is None else int(args.quality))
+            print(f"model: premade {chosen.name} (-q {chosen.quality})")
+            model = load_codec(str(chosen.bundle))
     else:
         model = load_codec(_model_path(args.model), args.base, args.quality)
     if args.refine:
@@ -53,10 +68,20 @@ def _compress(args: argparse.Namespace) -> int:
         if not hasattr(model, "with_decoding_mode"):
             raise CompressMLError("--decoding-mode is for LAE models, not the hybrid codec")
         model = model.with_decoding_mode(args.decoding_mode)
+    if (target is not None or request.roi is not None) and not hasattr(model, "at"):
+        raise CompressMLError("rate control and --roi are for LAE models, not the hybrid codec")
+    if request.roi is not None and len(jobs) > 1:
+        raise CompressMLError("--roi MASK is for one image (the mask has its size)")
     for src, dst in jobs:
-        r = compress_file(model, src, dst, force=args.force)
-        print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp")
+        r = compress_file(model, src, dst, force=args.force, request=request)
+        chosen = f" ({r['rung']}, {_achieved(target, r['achieved'])}, {r['passes']} coding passes)" if "rung" in r else ""
+        print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{chosen}")
     return 0
+
+
+def _achieved(target: str, value: float) -> str:
+    return {"max_bytes": f"{value:.0f} bytes", "bpp": f"{value:.4f} bpp", "psnr": f"{value:.2f} dB",
+            "ms_ssim": f"MS-SSIM {value:.4f}"}[target]
 
 
 def _decompress(args: argparse.Namespace) -> int:
@@ -81,8 +106,8 @@ def _decompress(args: argparse.Namespace) -> int:
 
 def _upscale(args: argparse.Namespace) -> int:
     from compressml.codec.files import expand_inputs
-    from compressml.data.images import IMAGE_SUFFIXES
     from compressml.codec.upscale import Upscaler, upscale_file
+    from compressml.data.images import IMAGE_SUFFIXES
 
     jobs = _outputs(expand_inputs(args.inputs, IMAGE_SUFFIXES), args.output, ".png")
     if any(dst.suffix.lower() != ".png" for _, dst in jobs):
@@ -173,7 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("inputs", nargs="+")
     comp.add_argument("-m", "--model", help="an LAE or MLLAE (or, with --base, a RED): a premade model's name (compressml models), an export bundle folder (or its manifest.json) or a Lightning checkpoint (.ckpt); default: the premade LAE family")
     comp.add_argument("--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model")
-    comp.add_argument("-q", "--quality", type=int, help="without -m: which premade LAE, 1 (smallest files) .. 4 (default 3); hybrid codec: the classical base codec's quality (default 75)")
+    comp.add_argument("-q", "--quality", type=float, help="a variable-rate LAE: quality 0 (smallest files) .. 100 (default 75), "
+                      "linear in log λ over the range it was trained on; without -m: which premade LAE, 1 (smallest files) .. 4 "
+                      "(default 3); hybrid codec: the classical base codec's quality (default 75)")
+    comp.add_argument("--max-bytes", type=int, dest="max_bytes", metavar="N",
+                      help="rate control: the best quality whose file has at most N bytes (checked on the file; an error "
+                           "when even the lowest does not fit). Variable-rate LAE, or the premade family without -m")
+    comp.add_argument("--bpp", type=float, metavar="B", help="rate control: the file closest to B bits per pixel")
+    comp.add_argument("--psnr", type=float, metavar="P", help="rate control: the smallest file whose decoded image reaches P dB")
+    comp.add_argument("--ms-ssim", type=float, dest="ms_ssim", metavar="S",
+                      help="rate control: the smallest file whose decoded image reaches MS-SSIM S")
+    comp.add_argument("--roi", metavar="MASK", help="a variable-rate LAE: more bits where the mask image (same size, "
+                      "nonzero = region) marks, from the same model; the map travels in the file")
+    comp.add_argument("--roi-quality", type=float, dest="roi_quality", metavar="Q",
+                      help="with --roi: the region's quality (default: 40 above -q, at most 100)")
     comp.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.cml")
     comp.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
                       help="LAE: optimise each image's latents for STEPS gradient steps before coding (50: about 8%% "

@@ -4,8 +4,8 @@ A g is any callable ``g(distortion, rate, **context) -> reward`` returning a sca
 tensor, higher is better. ``distortion`` is the value of the distortion measure the
 g names in its ``distortion`` attribute (default ``"mse"``), computed by the system
 on images in [0, 1] (:data:`DISTORTIONS`); ``rate`` is the estimated bits per pixel.
-``context`` carries extras (``x``, ``x_hat``, ``step``, ``training``) that a g may use
-or ignore.
+``context`` carries extras (``x``, ``x_hat``, ``step``, ``training``, and for a variable-rate
+model the batch's ``lmbda``) that a g may use or ignore.
 
 A g may also expose ``logged``, a dict of its own terms (numbers or scalar tensors) set by
 its last call: the system logs them as ``train/g_<name>`` / ``val/g_<name>``. A g with
@@ -44,11 +44,12 @@ class RateDistortion:
         self.distortion = _check_distortion(distortion)
         self.logged: dict = {}
 
-    def weighted_distortion(self, distortion: torch.Tensor) -> torch.Tensor:
-        return self.lmbda * loss_units(distortion, self.distortion)
+    def weighted_distortion(self, distortion: torch.Tensor, lmbda: float | None = None) -> torch.Tensor:
+        return (self.lmbda if lmbda is None else lmbda) * loss_units(distortion, self.distortion)
 
     def __call__(self, distortion: torch.Tensor, rate: torch.Tensor, **context) -> torch.Tensor:
-        weighted = self.weighted_distortion(distortion)
+        # a variable-rate model's system gives the λ of the batch (compressml.systems.lae)
+        weighted = self.weighted_distortion(distortion, context.get("lmbda"))
         self.logged = {"weighted_distortion": weighted.detach()}
         return -(weighted + rate)
 
@@ -162,7 +163,7 @@ class RateTarget(_Multiplier):
 
     def __call__(self, distortion: torch.Tensor, rate: torch.Tensor, **context) -> torch.Tensor:
         violation = rate / self.target_bpp - 1
-        weighted = self.lmbda * loss_units(distortion, self.distortion)
+        weighted = context.get("lmbda", self.lmbda) * loss_units(distortion, self.distortion)
         reward = -(weighted + self.multiplier * violation)
         self.logged = {"multiplier": self.multiplier, "violation": violation.detach(), "weighted_distortion": weighted.detach()}
         self._adapt(violation, context)

@@ -64,6 +64,10 @@ def check_config(cfg: DictConfig) -> None:
             from compressml.errors import CheckpointError
             from compressml.systems.loading import read_checkpoint
 
+            if key == "init_from" and (Path(cfg[key]).is_dir() or Path(cfg[key]).name == "manifest.json"):
+                if not (Path(cfg[key]) / "manifest.json").is_file() and not Path(cfg[key]).is_file():
+                    raise ConfigError(f"init_from: {cfg[key]}: a folder without an export bundle's manifest.json")
+                continue  # an export bundle (init_from only)
             try:
                 read_checkpoint(cfg[key])
             except CheckpointError as e:

@@ -144,9 +144,17 @@ class LAEFamily(Family):
         if manifest.get("stride") != spec.stride:
             raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
         net = manifest.get("net")
-        if not isinstance(net, dict) or not set(net) <= {"channels", "latent_channels", "groups"}:
-            raise bad("net must be an object of channels, latent_channels (and groups)")
-        check_sizes(net, self.LIMITS, bad)
+        if not isinstance(net, dict) or not set(net) <= {"channels", "latent_channels", "groups", "variable_rate", "lmbda_range", "anchors"}:
+            raise bad("net must be an object of channels, latent_channels (and groups; variable_rate, lmbda_range, anchors)")
+        check_sizes({k: v for k, v in net.items() if k in ("channels", "latent_channels", "groups")}, self.LIMITS, bad)
+        if "variable_rate" in net:
+            lr = net.get("lmbda_range")
+            if net["variable_rate"] is not True or not (isinstance(lr, list) and len(lr) == 2
+                                                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr)
+                                                       and 0 < lr[0] < lr[1] <= 1e6):
+                raise bad("a variable-rate net needs variable_rate true and lmbda_range [min, max] with 0 < min < max")
+            if not (_positive_int(net.get("anchors")) and 2 <= net["anchors"] <= 64):
+                raise bad("net.anchors must be an integer in 2..64")
         groups = net.get("groups")
         if groups is not None and not (isinstance(groups, list) and 1 <= len(groups) <= 64 and all(_positive_int(g) for g in groups)):
             raise bad("net.groups must be a list of 1 to 64 positive integers")
@@ -174,10 +182,10 @@ class LAEFamily(Family):
         check_refinable(net)
         return refinement_for(options.get("g"), steps)
 
-    def encode(self, net, image, fingerprint, refinement=None, decoding_mode=None, **_):
+    def encode(self, net, image, fingerprint, refinement=None, decoding_mode=None, rate=None, **_):
         from compressml.codec import lae
 
-        return lae.encode(net, image, fingerprint, refinement=refinement, mode=decoding_mode or lae.DEFAULT_MODE)
+        return lae.encode(net, image, fingerprint, refinement=refinement, mode=decoding_mode or lae.DEFAULT_MODE, rate=rate)
 
     def decode(self, net, container, fingerprint):
         from compressml.codec import lae
@@ -188,10 +196,14 @@ class LAEFamily(Family):
         from compressml.models.graphs import plain_transform
         from compressml.models.lae import stride_of
 
+        from compressml.models.variable_rate import is_variable_rate
+
         stride = stride_of(net)
         x = torch.rand(1, 3, 2 * stride, 3 * stride, generator=torch.Generator().manual_seed(0))
+        variable = is_variable_rate(net)
+        g_a, g_s = (net.g_a.inner, net.g_s.inner) if variable else (net.g_a, net.g_s)  # the gains are weights
         with torch.no_grad():
-            y = net.g_a(x)
+            y = g_a(x)
         graphs = {
             "encoder": {"transform": "g_a", "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
                         "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]}},
@@ -202,8 +214,12 @@ class LAEFamily(Family):
                      "from the state dict"),
             "max_abs_diff": {},
         }
-        return [Graph("encoder", plain_transform(net.g_a), net.g_a, x, "x", "y"),
-                Graph("decoder", plain_transform(net.g_s), net.g_s, y, "y", "x_hat")], graphs
+        if variable:
+            graphs["note"] += (". Variable rate: the coded latent is y * exp(g), and the decoder gets y_hat * exp(g'), "
+                               "g and g' interpolated linearly in log λ between the rows of rate_gain.log_gain and "
+                               "rate_gain.log_inverse (anchors spread evenly over rate_gain.log_range)")
+        return [Graph("encoder", plain_transform(g_a), g_a, x, "x", "y"),
+                Graph("decoder", plain_transform(g_s), g_s, y, "y", "x_hat")], graphs
 
     def curve_name(self, net) -> str:
         from compressml.models.lae import architecture_of

@@ -20,7 +20,14 @@ from compressml.codec import container as cml
 from compressml.codec import lae as lae_codec
 from compressml.codec.families import family
 from compressml.codec.lae import SourceImage
-from compressml.data.images import GREY_MODES, IMAGE_SUFFIXES, array_to_tensor, list_images, open_image, pil_to_array
+from compressml.data.images import (
+    GREY_MODES,
+    IMAGE_SUFFIXES,
+    array_to_tensor,
+    list_images,
+    open_image,
+    pil_to_array,
+)
 from compressml.errors import CheckpointError, CompressMLError, DataError
 from compressml.fileio import atomic_write  # callers import it from here too
 
@@ -94,22 +101,23 @@ class CodecModel:
     options: dict = field(default_factory=dict)
     refinement: lae_codec.Refinement | None = None
     decoding_mode: str | None = None
+    rate: lae_codec.Rate | None = None  # a variable-rate LAE's quality or quality map
 
-    def refined(self, steps: int) -> "CodecModel":
+    def refined(self, steps: int) -> CodecModel:
         """This model encoding with ``steps`` of latent refinement (0: none); decoding is unchanged."""
         if steps == 0:
             return replace(self, refinement=None)
         return replace(self, refinement=family(self.family).refinement(self.net, self.options, steps, self.source))
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodecModel":
+    def load(cls, path: str | Path) -> CodecModel:
         """From an export bundle (its folder or manifest.json; never unpickles) or a Lightning .ckpt."""
         net, name, fingerprint, options = load_net(path)
         if not family(name).codes:
             raise CheckpointError(_red_hint(path))
         return cls(net=net, fingerprint=fingerprint, source=str(path), family=name, options=options)
 
-    def with_decoding_mode(self, mode: str | None) -> "CodecModel":
+    def with_decoding_mode(self, mode: str | None) -> CodecModel:
         """This model writing LAE files in decoding ``mode`` (None: the default, ``exact``)."""
         if mode is not None and self.family != "lae":
             raise CompressMLError(f"--decoding-mode is for LAE models; this one is {self.family!r}")
@@ -117,10 +125,26 @@ class CodecModel:
             raise CompressMLError(f"unknown decoding mode {mode!r}; choose from {', '.join(lae_codec.MODES)}")
         return replace(self, decoding_mode=mode)
 
+    @property
+    def variable_rate(self) -> bool:
+        from compressml.models.variable_rate import is_variable_rate
+
+        return self.family == "lae" and is_variable_rate(self.net)
+
+    def at(self, rate: lae_codec.Rate | float | None) -> CodecModel:
+        """This (variable-rate) model coding at a quality (0..100) or a :class:`~compressml.codec.lae.Rate`."""
+        if rate is not None and not self.variable_rate:
+            raise CompressMLError("a continuous quality, --roi and quality maps need a variable-rate LAE; "
+                                  f"{self.source} codes at one rate")
+        if isinstance(rate, (int, float)):
+            rate = lae_codec.Rate(quality=float(rate))
+        return replace(self, rate=rate)
+
     def encode(self, image: SourceImage) -> cml.Container:
         with torch.no_grad():
+            extra = {"rate": self.rate} if self.rate is not None else {}
             return family(self.family).encode(self.net, image, self.fingerprint, refinement=self.refinement,
-                                              decoding_mode=self.decoding_mode, **self.options)
+                                              decoding_mode=self.decoding_mode, **extra, **self.options)
 
     def decode(self, container: cml.Container) -> SourceImage:
         if container.family != self.family:
@@ -151,12 +175,82 @@ def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> li
     return pairs
 
 
-def compress_file(model: CodecModel, src: Path, dst: Path, force: bool = False) -> dict:
+@dataclass
+class RateRequest:
+    """How ``compress`` chooses each image's rate: a rate-control ``target`` (see
+    :mod:`compressml.codec.rate_control`) over a ladder, and/or a region of interest (a mask image:
+    its nonzero pixels get ``roi_quality``, the rest the model's quality)."""
+
+    target: str | None = None
+    value: float | None = None
+    ladder: list[CodecModel] | None = None  # a fixed-rate family, fewest bits first (None: the model's qualities)
+    roi: Path | None = None
+    roi_quality: float | None = None
+
+
+def encode_image(model: CodecModel, image: SourceImage, request: RateRequest | None = None) -> tuple[cml.Container, dict]:
+    """(the file, what was chosen) for one image under a :class:`RateRequest`."""
+    from compressml.codec import rate_control
+
+    request = request or RateRequest()
+    base = model
+    mask = None
+    if request.roi is not None:
+        if not model.variable_rate:
+            raise CompressMLError("--roi needs a variable-rate LAE (one network for every quality)")
+        mask = _read_mask(request.roi, image.rgb.shape[-2:])
+    quality = base.rate.quality if base.rate is not None and base.rate.quality is not None else lae_codec.DEFAULT_QUALITY
+
+    def at(q: float) -> CodecModel:
+        if mask is None:
+            return base.at(q)
+        region = request.roi_quality if request.roi_quality is not None else min(100.0, q + ROI_BOOST)
+        return base.at(lae_codec.roi_map(base.net, mask, q, region))
+
+    if request.target is None:
+        coder = at(quality) if (mask is not None or base.variable_rate) else base
+        return coder.encode(image), {}
+    if request.ladder is not None:
+        rungs = [rate_control.Rung(Path(m.source).name, lambda m=m: m.encode(image), lambda c, m=m: m.decode(c).rgb)
+                 for m in request.ladder]
+    elif base.variable_rate:
+        rungs = [rate_control.Rung(f"q {q:g}", lambda q=q: at(q).encode(image), lambda c: base.decode(c).rgb)
+                 for q in rate_control.quality_ladder()]
+    else:
+        raise CompressMLError("rate control (--max-bytes, --bpp, --psnr, --ms-ssim) needs a variable-rate LAE or "
+                              "the premade family (no -m)")
+    outcome = rate_control.control(rungs, request.target, request.value, image.rgb)
+    return outcome.container, {"rung": outcome.rung, "passes": outcome.passes, "achieved": outcome.achieved}
+
+
+ROI_BOOST = 40.0  # --roi without --roi-quality: the region this many quality points above the rest
+
+
+def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A region-of-interest mask (any image; nonzero = region) of exactly the image's size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mask = np.asarray(im.convert("L"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such mask file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: not a readable mask image ({e})") from None
+    if mask.shape != tuple(size):
+        raise DataError(f"{path}: the mask is {mask.shape[1]}x{mask.shape[0]}, the image {size[1]}x{size[0]}")
+    if not mask.any():
+        raise DataError(f"{path}: the mask marks no pixel (nonzero = region)")
+    return mask
+
+
+def compress_file(model: CodecModel, src: Path, dst: Path, force: bool = False, request: RateRequest | None = None) -> dict:
     image = read_source(src)
-    data = model.encode(image).to_bytes()
+    container, chosen = encode_image(model, image, request)
+    data = container.to_bytes()
     atomic_write(dst, lambda tmp: tmp.write_bytes(data), force)
     h, w = image.rgb.shape[-2:]
-    return {"input": str(src), "output": str(dst), "bytes": len(data), "bpp": 8 * len(data) / (h * w)}
+    return {"input": str(src), "output": str(dst), "bytes": len(data), "bpp": 8 * len(data) / (h * w), **chosen}
 
 
 def read_container(path: Path) -> cml.Container:

@@ -34,15 +34,15 @@ from compressml.codec.container import Container, ContainerError
 from compressml.codec.tiling import latent_margin, tile_windows, tiled_transforms
 from compressml.errors import CompressMLError, ConfigError
 from compressml.models.lae import (
+    DECODING_MODES,
     SYNTHESIS_FACTOR,
     LAEPayload,
-    architecture_of,
     Refinement,
+    architecture_of,
     check_refinable,
     coded_latents,
     compress,
     compress_latents,
-    DECODING_MODES,
     decompress,
     entropy_parameters,
     expected_layout,
@@ -53,8 +53,9 @@ from compressml.models.lae import (
     stride_of,
 )
 from compressml.models.padding import pad_to_multiple
+from compressml.models.variable_rate import conditioned, is_variable_rate, rate_gain_of
 
-SHAPE, LAYOUT, STRING, STRINGS, ALPHA = 0x01, 0x02, 0x10, 0x11, 0x20
+SHAPE, LAYOUT, STRING, STRINGS, ALPHA, RATE = 0x01, 0x02, 0x10, 0x11, 0x20, 0x03
 # decoding modes (LAYOUT's first byte): how the decoder computes what chooses the CDFs and the pixels
 MODES = {"compressai": 0, "exact": 1}
 assert set(MODES) == set(DECODING_MODES)
@@ -63,6 +64,93 @@ MODE_NAMES = {v: k for k, v in MODES.items()}
 MAX_STRING_GROUPS = 256
 
 TILE_PIXELS = 1024 * 1024  # above this many (padded) pixels the transforms run in tiles
+DEFAULT_QUALITY = 75.0  # a variable-rate model's quality when none is asked for
+
+
+@dataclass(frozen=True)
+class Rate:
+    """The rate a variable-rate LAE codes at: one ``quality`` (0..100, kept to hundredths) or a map of
+    integer qualities (0..100) with one value per latent position (16x16 pixels of the padded image).
+    It travels in the file (section RATE), so decoding needs nothing else."""
+
+    quality: float | None = None
+    map: np.ndarray | None = None  # (h, w) uint8, at the latent resolution
+
+    def __post_init__(self):
+        if (self.quality is None) == (self.map is None):
+            raise CompressMLError("a rate is one quality or one quality map")
+        if self.quality is not None:
+            if not 0 <= self.quality <= 100:
+                raise CompressMLError(f"quality must be in 0..100 for a variable-rate model, got {self.quality:g}")
+            object.__setattr__(self, "quality", round(float(self.quality) * 100) / 100)
+        elif self.map.ndim != 2 or self.map.dtype != np.uint8 or int(self.map.max(initial=0)) > 100:
+            raise CompressMLError("a quality map is a 2-D array of integer qualities 0..100")
+
+    def log_lmbda(self, model: CompressionModel):
+        gain = rate_gain_of(model)
+        if self.quality is not None:
+            return gain.log_lmbda(self.quality)
+        return gain.log_lmbda(torch.from_numpy(self.map.astype(np.float64))[None, None])
+
+    def section(self) -> tuple[int, bytes]:
+        if self.quality is not None:
+            return (RATE, struct.pack(">BH", 0, round(self.quality * 100)))
+        h, w = self.map.shape
+        return (RATE, struct.pack(">BHH", 1, h, w) + zlib.compress(np.ascontiguousarray(self.map).tobytes(), 9))
+
+    @classmethod
+    def read(cls, raw: bytes, latent: tuple[int, int]) -> Rate:
+        """From a RATE section, checked against the latent size (h, w) the image gives."""
+        if len(raw) == 3 and raw[0] == 0:
+            hundredths = struct.unpack(">H", raw[1:])[0]
+            if hundredths > 10000:
+                raise ContainerError("quality above 100 in the rate section")
+            return cls(quality=hundredths / 100)
+        if len(raw) >= 5 and raw[0] == 1:
+            h, w = struct.unpack(">HH", raw[1:5])
+            if (h, w) != tuple(latent):
+                raise ContainerError("the quality map does not match the image size")
+            try:
+                data = zlib.decompressobj().decompress(raw[5:], h * w + 1)
+            except zlib.error:
+                raise ContainerError("corrupt quality map") from None
+            if len(data) != h * w:
+                raise ContainerError("the quality map has the wrong size")
+            values = np.frombuffer(data, dtype=np.uint8).reshape(h, w)
+            if int(values.max(initial=0)) > 100:
+                raise ContainerError("quality above 100 in the quality map")
+            return cls(map=values.copy())
+        raise ContainerError("malformed rate section")
+
+
+def latent_size(model: CompressionModel, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of y for an image: the padded size over the synthesis factor."""
+    stride = stride_of(model)
+    return (-(-height // stride) * stride // SYNTHESIS_FACTOR, -(-width // stride) * stride // SYNTHESIS_FACTOR)
+
+
+def roi_map(model: CompressionModel, mask: np.ndarray, quality: float, region_quality: float) -> Rate:
+    """A quality map: ``region_quality`` at every latent position whose 16x16 pixels touch the mask
+    (H, W; nonzero = region), ``quality`` elsewhere (both rounded to integers)."""
+    h, w = mask.shape
+    lh, lw = latent_size(model, h, w)
+    padded = np.zeros((lh * SYNTHESIS_FACTOR, lw * SYNTHESIS_FACTOR), dtype=bool)
+    padded[:h, :w] = mask != 0
+    inside = padded.reshape(lh, SYNTHESIS_FACTOR, lw, SYNTHESIS_FACTOR).any(axis=(1, 3))
+    for q in (quality, region_quality):
+        if not 0 <= q <= 100:
+            raise CompressMLError(f"quality must be in 0..100 for a variable-rate model, got {q:g}")
+    return Rate(map=np.where(inside, round(region_quality), round(quality)).astype(np.uint8))
+
+
+def quality_map(model: CompressionModel, qualities: np.ndarray) -> Rate:
+    """A quality map from per-pixel qualities (H, W) in 0..100: their mean over each latent position's
+    16x16 pixels (the padding counted at its nearest edge value), rounded."""
+    h, w = qualities.shape
+    lh, lw = latent_size(model, h, w)
+    padded = np.pad(qualities.astype(np.float64), ((0, lh * SYNTHESIS_FACTOR - h), (0, lw * SYNTHESIS_FACTOR - w)), mode="edge")
+    means = padded.reshape(lh, SYNTHESIS_FACTOR, lw, SYNTHESIS_FACTOR).mean(axis=(1, 3))
+    return Rate(map=np.clip(np.round(means), 0, 100).astype(np.uint8))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> bytes:
@@ -86,11 +174,29 @@ class SourceImage:
 
 
 def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS,
-           refinement: Refinement | None = None, mode: str = DEFAULT_MODE) -> Container:
+           refinement: Refinement | None = None, mode: str = DEFAULT_MODE, rate: Rate | None = None) -> Container:
     """``refinement``: optimise the latents for this image first (slower encoding, same decoder);
-    ``mode``: the decoding mode (``exact`` or ``compressai``, see the module docstring)."""
+    ``mode``: the decoding mode (``exact`` or ``compressai``, see the module docstring); ``rate``: a
+    variable-rate model's quality or quality map (default :data:`DEFAULT_QUALITY`)."""
     if mode not in MODES:
         raise CompressMLError(f"unknown decoding mode {mode!r}; choose from {', '.join(MODES)}")
+    if not is_variable_rate(model):
+        if rate is not None:
+            raise CompressMLError("a continuous quality, --roi and quality maps need a variable-rate model; "
+                                  "this one codes at one rate")
+        return _encode(model, image, fingerprint, tile_pixels, refinement, mode, [])
+    rate = rate or Rate(quality=DEFAULT_QUALITY)
+    h, w = image.rgb.shape[-2:]
+    if rate.map is not None and rate.map.shape != latent_size(model, h, w):
+        raise CompressMLError(f"the quality map is {rate.map.shape}; this image needs {latent_size(model, h, w)} (one per 16x16 pixels)")
+    if refinement is not None and refinement.steps > 0:
+        raise CompressMLError("--refine is for fixed-rate models (it optimises the latents for their one λ)")
+    with conditioned(model, rate.log_lmbda(model)):
+        return _encode(model, image, fingerprint, tile_pixels, refinement, mode, [rate.section()])
+
+
+def _encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None, tile_pixels: int,
+            refinement: Refinement | None, mode: str, extra: list) -> Container:
     if not is_updated(model):
         model.update(force=True)
     x = image.rgb[None].to(next(model.parameters()).device)
@@ -106,7 +212,7 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
     else:
         payload = compress(model, x, refinement, mode)
     sections = [(LAYOUT, bytes([MODES[mode]]) + layout.write_tree(payload.shape)),
-                strings_section([group[0] for group in payload.strings])]
+                strings_section([group[0] for group in payload.strings]), *extra]
     sections += alpha_section(image)
     return Container(
         family="lae",
@@ -162,11 +268,19 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
     else:
         shape, strings, mode = _read_payload(model, container, padded)
     payload = LAEPayload(strings=[[s] for s in strings], shape=shape, size=(h, w))
-    if padded[0] * padded[1] > tile_pixels:
-        with tiled_transforms(model, margin=latent_margin(model)):
+    log_lmbda = None
+    if is_variable_rate(model):
+        if container.version == 1 or not container.sections_of(RATE):
+            raise ContainerError("no rate section: a variable-rate model's files carry their quality")
+        log_lmbda = Rate.read(container.section(RATE), latent_size(model, h, w)).log_lmbda(model)
+    elif container.version > 1 and container.sections_of(RATE):
+        raise ContainerError("this file was made by a variable-rate model (it has a quality); this model codes at one rate")
+    with conditioned(model, log_lmbda):
+        if padded[0] * padded[1] > tile_pixels:
+            with tiled_transforms(model, margin=latent_margin(model)):
+                x_hat = decompress(model, payload, mode)
+        else:
             x_hat = decompress(model, payload, mode)
-    else:
-        x_hat = decompress(model, payload, mode)
     return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
                        alpha=decode_alpha(container, h, w))
 
@@ -195,7 +309,7 @@ def decoding_mode_of(container: Container) -> str:
 
 def _read_payload(model: CompressionModel, container: Container, padded: tuple[int, int]):
     """(shape, strings, decoding mode) of a version 2 file, checked against what the model makes of this image size."""
-    container.check_kinds({LAYOUT, STRINGS, ALPHA})
+    container.check_kinds({LAYOUT, STRINGS, ALPHA, RATE})
     mode = decoding_mode_of(container)
     raw = container.section(LAYOUT)
     if not is_updated(model):

@@ -11,15 +11,22 @@ from compressml.codec.files import CodecModel, load_net
 from compressml.errors import CompressMLError
 
 
-def load_codec(model: str | Path, base: str | None = None, setting: int | None = None):
+def load_codec(model: str | Path, base: str | None = None, setting: float | None = None):
     """What ``compressml compress/decompress -m MODEL [--base BASE] [-q Q]`` codes with: the model's
-    own codec, or with a RED model the hybrid codec (``base``: classical codec name or LAE model)."""
+    own codec, or with a RED model the hybrid codec (``base``: classical codec name or LAE model).
+    ``setting`` (-q): a variable-rate LAE's quality 0..100, or the hybrid base codec's quality."""
     from compressml.codec.hybrid import HybridCodec
     from compressml.codec.upscale import Upscaler
 
     net, name, fingerprint, options = load_net(model)  # loaded once, whatever the family
     if not family(name).codes:
         return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, setting)
-    if base is not None or setting is not None:
-        raise CompressMLError("--base and --quality are for the hybrid codec: -m must then be a RED model")
-    return CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
+    codec = CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
+    if base is not None:
+        raise CompressMLError("--base is for the hybrid codec: -m must then be a RED model")
+    if setting is not None:
+        if not codec.variable_rate:
+            raise CompressMLError("-q is for variable-rate LAE models (0..100), the premade family (no -m) and the "
+                                  f"hybrid codec; {model} codes at one rate")
+        return codec.at(float(setting))
+    return codec

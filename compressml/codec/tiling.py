@@ -85,14 +85,19 @@ class TiledTransform(nn.Module):
 
 @contextmanager
 def tiled_transforms(model: nn.Module, tile: int = 32, margin: int = 4, factor: int = 16) -> Iterator[nn.Module]:
-    """Temporarily wrap ``model.g_a`` and ``model.g_s`` (CompressAI's names) in :class:`TiledTransform`."""
-    g_a, g_s = model.g_a, model.g_s
+    """Temporarily wrap ``model.g_a`` and ``model.g_s`` (CompressAI's names) in :class:`TiledTransform`
+    (their ``inner`` transform where they say ``tiles_inner``, e.g. a variable-rate model's gains,
+    which then apply to the whole latent)."""
+    owners = [m if getattr(m, "tiles_inner", False) else model for m in (model.g_a, model.g_s)]
+    names = ["inner" if o is not model else n for o, n in zip(owners, ("g_a", "g_s"))]
+    g_a, g_s = getattr(owners[0], names[0]), getattr(owners[1], names[1])
     try:
-        model.g_a = TiledTransform(g_a, factor, down=True, tile=tile, margin=margin)
-        model.g_s = TiledTransform(g_s, factor, down=False, tile=tile, margin=margin)
+        setattr(owners[0], names[0], TiledTransform(g_a, factor, down=True, tile=tile, margin=margin))
+        setattr(owners[1], names[1], TiledTransform(g_s, factor, down=False, tile=tile, margin=margin))
         yield model
     finally:
-        model.g_a, model.g_s = g_a, g_s
+        setattr(owners[0], names[0], g_a)
+        setattr(owners[1], names[1], g_s)
 
 
 _MARGINS: dict[type, int] = {}

@@ -7,7 +7,7 @@ decoder reads garbage from there on (CompressAI #54, #279; tensorflow-compressio
 reductions (convolutions) give results that depend on their summation order: on the thread count,
 the instruction set, the library and the device.
 
-Two tools, used by the LAE codec's ``exact`` decoding mode (``compressml.codec.lae``):
+Three tools. The first two serve the LAE codec's ``exact`` decoding mode (``compressml.codec.lae``):
 
 :func:`fixed_point_parameters`
     The layers that choose CDFs compute in integer arithmetic. Each convolution of those paths
@@ -27,7 +27,18 @@ Two tools, used by the LAE codec's ``exact`` decoding mode (``compressml.codec.l
     threads. No sum is split between threads and the cut does not depend on how many there are:
     the same pixels whatever the thread count, at about the speed of the library's own
     threading. Across instruction sets or devices the kernels themselves differ (a few pixels off
-    by one level; measured in benchmarks/determinism.py).
+    by one level; measured in benchmarks/determinism.py). The MLLAE decoder's lossy blocks use it
+    too; RED shares fixed tiles among threads instead (``compressml.codec.tiling``).
+
+:class:`ExactArithmetic`
+    A whole network in exact float32 arithmetic, for the MLLAE lossless mode, where the
+    reconstruction and the residual model (many layers at full resolution) choose the CDFs and
+    the centres: float64 would cost five times float32 there. Each convolution rounds its input
+    to 10-bit integers on a power-of-two grid fitted to the input's largest magnitude, and its
+    weights to integers whose absolute sum per output channel is at most 2**14: every partial sum
+    is an integer within 2**24, exact in float32 in any order, at oneDNN's speed. tanh is computed
+    from basic operations (:func:`exact_tanh`). On Kodak the rate stays within 0.2 % of float
+    arithmetic and decoding within a few per cent of its time (docs/FORMAT.md §7.4.1).
 """
 
 from __future__ import annotations

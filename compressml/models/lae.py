@@ -26,6 +26,15 @@ from compressai.models.google import JointAutoregressiveHierarchicalPriors
 
 from compressml.errors import ConfigError
 from compressml.models.padding import crop_to, pad_to_multiple
+from compressml.models.variable_rate import (
+    DEFAULT_ANCHORS,
+    DEFAULT_RANGE,
+    GainedAnalysis,
+    GainedSynthesis,
+    conditioned,
+    make_variable_rate,
+    rate_gain_of,
+)
 
 # -- the architecture registry ----------------------------------------------------------------------
 # Every fixed-rate image model that CompressAI registers (compressai.registry.MODELS) is an LAE
@@ -163,11 +172,26 @@ def elic_groups(latent_channels: int) -> list[int]:
     return first + [latent_channels - sum(first)]
 
 
-def build_lae(arch: str, channels: int = 128, latent_channels: int | None = 192, groups: list[int] | None = None) -> CompressionModel:
+def build_lae(arch: str, channels: int = 128, latent_channels: int | None = 192, groups: list[int] | None = None,
+              variable_rate: bool = False, lmbda_range: list[float] | tuple[float, float] = DEFAULT_RANGE,
+              anchors: int = DEFAULT_ANCHORS) -> CompressionModel:
     """A fresh CompressAI model of architecture ``arch`` (see :func:`architectures`).
 
     ``channels`` is CompressAI's N, ``latent_channels`` its M (None, or equal to ``channels``, for the
-    architectures whose M is N); ``groups``: ELIC's channel groups (default: :func:`elic_groups`)."""
+    architectures whose M is N); ``groups``: ELIC's channel groups (default: :func:`elic_groups`).
+    ``variable_rate``: one network for every λ in ``lmbda_range``, gains at ``anchors`` values of
+    log λ (:mod:`compressml.models.variable_rate`)."""
+    model = _build_fixed(arch, channels, latent_channels, groups)
+    if not variable_rate:
+        return model
+    if not (isinstance(lmbda_range, (list, tuple)) and len(lmbda_range) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lmbda_range)):
+        raise ConfigError(f"model.lmbda_range must be two numbers [min, max], got {lmbda_range!r}")
+    latent = int(model.M) if hasattr(model, "M") else _latent_channels(model)
+    return make_variable_rate(model, latent, tuple(lmbda_range), anchors)
+
+
+def _build_fixed(arch: str, channels: int, latent_channels: int | None, groups: list[int] | None) -> CompressionModel:
     spec = architecture(arch)
     latent_channels = channels if latent_channels is None else latent_channels
     for what, value in (("channels", channels), ("latent_channels", latent_channels)):
@@ -199,6 +223,9 @@ def net_spec(model: CompressionModel) -> dict:
     out = {"arch": spec.name, "channels": channels, "latent_channels": latent}
     if spec.context == "channel-groups":
         out["groups"] = list(model.groups)
+    gain = rate_gain_of(model)
+    if gain is not None:
+        out.update(variable_rate=True, lmbda_range=list(gain.lmbda_range), anchors=gain.anchors)
     return out
 
 
@@ -328,6 +355,9 @@ def _forward_latent_codec(model: SimpleVAECompressionModel, x: torch.Tensor) -> 
 
 def _analysis(g_a: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """g_a(x) as float32, its first layer (on the pixels) in float32 under any autocast."""
+    if isinstance(g_a, GainedAnalysis):  # a variable-rate model: the gain in float32 too
+        y = _analysis(g_a.inner, x)
+        return y * g_a._rate_gain.gain(y)
     if not isinstance(g_a, torch.nn.Sequential) or not torch.is_autocast_enabled(x.device.type):
         return g_a(x).float()
     with _full_precision(x):
@@ -337,6 +367,8 @@ def _analysis(g_a: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _synthesis(g_s: torch.nn.Module, y_hat: torch.Tensor) -> torch.Tensor:
     """g_s(y_hat) as float32, its last layer (to the pixels) in float32 under any autocast."""
+    if isinstance(g_s, GainedSynthesis):
+        return _synthesis(g_s.inner, y_hat.float() * g_s._rate_gain.inverse(y_hat.float()))
     if not isinstance(g_s, torch.nn.Sequential) or not torch.is_autocast_enabled(y_hat.device.type):
         return g_s(y_hat).float()
     h = g_s[:-1](y_hat)
@@ -737,7 +769,9 @@ def expected_layout(model: CompressionModel, height: int, width: int) -> tuple[o
     if template is None:
         s = stride_of(model)
         device = next(model.parameters()).device
-        probes = [compress(model, torch.zeros(1, 3, h, w, device=device)) for h, w in ((s, 2 * s), (2 * s, s))]
+        gain = rate_gain_of(model)
+        with conditioned(model, float(gain.log_range[0]) if gain is not None else None):  # any rate: shapes only
+            probes = [compress(model, torch.zeros(1, 3, h, w, device=device)) for h, w in ((s, 2 * s), (2 * s, s))]
         template = _SHAPE_TEMPLATES[model] = (_template(probes[0].shape, probes[1].shape), len(probes[0].strings))
     s = stride_of(model)
     return _fill(template[0], height // s, width // s), template[1]

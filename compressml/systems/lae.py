@@ -14,6 +14,7 @@ those tables, so ``LAESystem.load_from_checkpoint(path).net`` can code at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,7 +23,24 @@ import torch
 from compressml import metrics
 from compressml.errors import CheckpointError, ConfigError
 from compressml.g import check_g, evaluate_g
-from compressml.models.lae import QUANTIZATIONS, architecture, architecture_of, build_lae, compress, decompress, forward_padded, load_coding_state
+from compressml.models.lae import (
+    QUANTIZATIONS,
+    SYNTHESIS_FACTOR,
+    architecture,
+    architecture_of,
+    build_lae,
+    compress,
+    decompress,
+    forward_padded,
+    load_coding_state,
+    stride_of,
+)
+from compressml.models.variable_rate import (
+    DEFAULT_ANCHORS,
+    DEFAULT_RANGE,
+    conditioned,
+    rate_gain_of,
+)
 from compressml.systems.base import CodecSystem, instantiate_spec, plain
 
 __all__ = ["FAMILY", "LAESystem", "instantiate_spec", "plain"]
@@ -49,6 +67,17 @@ class LAESystem(CodecSystem):
             checkerboard and ELIC models, which CompressAI builds so, ``noise`` for the others).
         channels_last: keep the network and its inputs in channels-last memory order while
             training (faster convolutions on CPU and on GPUs with tensor cores; same results).
+        variable_rate: one network for every λ in ``lmbda_range`` (gain vectors at ``anchors`` values
+            of log λ: :mod:`compressml.models.variable_rate`); they go into the net spec.
+        rate_maps: variable-rate models: the share of batches trained with a
+            random quality map (a rectangle at another λ) instead of one λ, each pixel's distortion
+            weighted by its own λ, so that the model serves any map (``compress --roi``). mse / l1 only.
+        val_qualities: variable-rate models: the qualities (0..100) validated; ``val/loss`` is the mean
+            of their losses, and each logs ``val/bpp_q<q>`` and ``val/psnr_q<q>``.
+
+    A variable-rate model draws, for each training batch, log λ uniformly over its range and gives
+    that λ to g (``lmbda`` in g's context: :class:`compressml.g.RateDistortion` uses it in place of
+    its own); g must be one that weighs a distortion by λ.
     """
 
     family = FAMILY
@@ -65,12 +94,19 @@ class LAESystem(CodecSystem):
         log_images: int = 2,
         quantization: str | None = None,
         channels_last: bool = False,
+        variable_rate: bool = False,
+        lmbda_range: list[float] | tuple[float, float] = DEFAULT_RANGE,
+        anchors: int = DEFAULT_ANCHORS,
+        rate_maps: float = 0.0,
+        val_qualities: list[float] | tuple[float, ...] = (0, 50, 100),
         family: str = FAMILY,
     ):
         super().__init__()
         if family != FAMILY:
             raise CheckpointError(f"this is a {family!r} model, not an LAE")
         net, g, optimizer, scheduler = plain(net), plain(g), plain(optimizer), plain(scheduler)
+        if variable_rate:
+            net = {**net, "variable_rate": True, "lmbda_range": list(plain(lmbda_range)), "anchors": anchors}
         optimizer = optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-4}
         if quantization is None:
             quantization = "ste" if architecture(net.get("arch", "")).quantization_refusal("noise") else "noise"
@@ -91,6 +127,11 @@ class LAESystem(CodecSystem):
                 "log_images": log_images,
                 "quantization": quantization,
                 "channels_last": bool(channels_last),
+                "variable_rate": bool(variable_rate),
+                "lmbda_range": list(plain(lmbda_range)),
+                "anchors": anchors,
+                "rate_maps": float(rate_maps),
+                "val_qualities": [float(q) for q in val_qualities],
             }
         )
         self.net = build_lae(**net)
@@ -99,6 +140,18 @@ class LAESystem(CodecSystem):
             raise ConfigError(refusal)
         self.g = check_g(instantiate_spec(g, "g") if isinstance(g, Mapping) else g)
         self._real_left = 0
+        if rate_gain_of(self.net) is not None:
+            if not hasattr(self.g, "lmbda"):
+                raise ConfigError(f"a variable-rate model trains on λ: g must weigh the distortion by λ "
+                                  f"(rate_distortion, perceptual, rate_target), not {type(self.g).__name__}")
+            if not 0 <= rate_maps <= 1:
+                raise ConfigError(f"model.rate_maps must be in 0..1, got {rate_maps}")
+            if rate_maps and getattr(self.g, "distortion", "mse") not in ("mse", "l1"):
+                raise ConfigError("model.rate_maps weighs each pixel's distortion: it needs g.distortion mse or l1")
+            if not val_qualities or any(not 0 <= q <= 100 for q in val_qualities):
+                raise ConfigError(f"model.val_qualities must be qualities in 0..100, got {list(val_qualities)}")
+        elif rate_maps:
+            raise ConfigError("model.rate_maps is for variable-rate models (model.variable_rate=true)")
 
     # -- losses -------------------------------------------------------------------
     def _main_parameters(self) -> list[torch.nn.Parameter]:
@@ -115,12 +168,56 @@ class LAESystem(CodecSystem):
         """Forward pass and every term that is optimised or logged."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = forward_padded(self.net, x, self.hparams.quantization)
+        gain = rate_gain_of(self.net)
+        if gain is None:
+            return self._losses(x)
+        if self.training:
+            return self._losses(x, *self._draw_condition(x, gain))
+        # validation: a few fixed qualities; the loss is their mean, the middle one gives the panel
+        points = [(q, self._losses(x, gain.log_lmbda(q))) for q in self.hparams.val_qualities]
+        terms = dict(points[len(points) // 2][1])
+        terms["loss"] = torch.stack([t["loss"] for _, t in points]).mean()
+        terms["reward"] = -terms["loss"]
+        for q, t in points:
+            terms[f"bpp_q{q:g}"], terms[f"psnr_q{q:g}"] = t["bpp"], t["psnr"]
+        return terms
+
+    def _draw_condition(self, x: torch.Tensor, gain) -> tuple[object, torch.Tensor | None]:
+        """A training batch's log λ: one draw for the batch, or (``rate_maps`` of the time) a map at the
+        latent resolution, a random rectangle at a second draw, with its per-pixel λ weights."""
+        lo, hi = gain.log_range.tolist()
+        draw = lambda: lo + (hi - lo) * float(torch.rand(()))
+        if not self.hparams.rate_maps or float(torch.rand(())) >= self.hparams.rate_maps:
+            return draw(), None
+        n, _, h, w = x.shape
+        lh, lw = -(-h // SYNTHESIS_FACTOR), -(-w // SYNTHESIS_FACTOR)
+        stride = stride_of(self.net) // SYNTHESIS_FACTOR  # the latent is padded as the image
+        lh, lw = -(-lh // stride) * stride, -(-lw // stride) * stride
+        cond = torch.full((n, 1, lh, lw), draw(), dtype=torch.float64, device=x.device)
+        for i in range(n):
+            rh, rw = (max(1, int(side * (0.125 + 0.625 * float(torch.rand(()))))) for side in (lh, lw))
+            r0, c0 = int(torch.randint(0, lh - rh + 1, ())), int(torch.randint(0, lw - rw + 1, ()))
+            cond[i, :, r0 : r0 + rh, c0 : c0 + rw] = draw()
+        weights = torch.exp(cond).repeat_interleave(SYNTHESIS_FACTOR, -2).repeat_interleave(SYNTHESIS_FACTOR, -1)
+        return cond, weights[..., :h, :w].float()
+
+    def _losses(self, x: torch.Tensor, log_lmbda=None, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        with conditioned(self.net, log_lmbda):
+            out = forward_padded(self.net, x, self.hparams.quantization)
         x_hat = out["x_hat"]
         n, _, h, w = x.shape
         bpp = metrics.bpp_from_likelihoods(out["likelihoods"], n * h * w)
-        distortion = self.distortion(x_hat, x)
-        reward = evaluate_g(self.g, distortion, bpp, x=x, x_hat=x_hat, step=self.global_step, training=self.training)
+        context = {}
+        if weights is not None:  # each pixel's distortion weighed by its λ: g sees the mean λ
+            mean = weights.mean()
+            error = (x_hat - x).abs() if self.g.distortion == "l1" else (x_hat - x) ** 2
+            distortion = (error * (weights / mean)).mean()
+            context["lmbda"] = float(mean)
+        else:
+            distortion = self.distortion(x_hat, x)
+            if log_lmbda is not None:
+                context["lmbda"] = math.exp(float(log_lmbda))
+        reward = evaluate_g(self.g, distortion, bpp, x=x, x_hat=x_hat, step=self.global_step, training=self.training, **context)
         own = {f"g_{k}": torch.as_tensor(v, dtype=torch.float32).detach() for k, v in (getattr(self.g, "logged", None) or {}).items()}
         return {
             **own,
@@ -150,9 +247,12 @@ class LAESystem(CodecSystem):
 
     def validate_coding(self, batch: torch.Tensor) -> None:
         """Code a few validation images through the rANS coder: the real bpp beside the estimate."""
+        gain = rate_gain_of(self.net)
+        middle = gain.log_lmbda(self.hparams.val_qualities[len(self.hparams.val_qualities) // 2]) if gain is not None else None
         for image in batch[: max(self._real_left, 0)]:
-            payload = compress(self.net, image[None])
-            decoded = decompress(self.net, payload)
+            with conditioned(self.net, middle):
+                payload = compress(self.net, image[None])
+                decoded = decompress(self.net, payload)
             h, w = image.shape[-2:]
             self.log("val/bpp_real", metrics.bpp_from_bytes(payload.num_bytes, h, w), on_epoch=True, batch_size=1)
             self.log("val/psnr_real", metrics.psnr(decoded, image[None]), on_epoch=True, batch_size=1)

@@ -76,16 +76,41 @@ def save_checkpoint(system, path: str | Path) -> Path:
 
 
 def init_weights(system, path: str | Path) -> None:
-    """Start ``system`` from the weights of the checkpoint at ``path`` (``init_from=``): same family
-    and architecture, nothing else carried over (a new run: step 0, fresh optimizer, this g)."""
+    """Start ``system`` from the weights of the checkpoint or export bundle at ``path``
+    (``init_from=``): same family and architecture, nothing else carried over (a new run: step 0,
+    fresh optimizer, this g). A fixed-rate LAE can start a variable-rate one of the same architecture
+    (its gains start from their own initialisation)."""
     from compressml.errors import ConfigError
 
-    ckpt = read_checkpoint(path)
-    family = checkpoint_family(ckpt)
+    path = Path(path)
+    if path.is_dir() or path.name == "manifest.json":
+        from compressml.codec import bundle
+
+        net, manifest = bundle.load_bundle(path)
+        family, state = manifest.get("family"), {f"net.{k}": v for k, v in net.state_dict().items()}
+    else:
+        ckpt = read_checkpoint(path)
+        family, state = checkpoint_family(ckpt), dict(ckpt["state_dict"])
     if family != system.family:
         raise ConfigError(f"init_from={path}: a {family or 'non-compressml'} checkpoint cannot start a {system.family} model")
+    state = _fixed_into_variable_rate(system, state)
     try:
-        system.load_state_dict(ckpt["state_dict"])
+        system.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ConfigError(f"init_from={path}: its weights do not fit this model ({first_line(e)})") from None
 
+
+def _fixed_into_variable_rate(system, state: dict) -> dict:
+    """A fixed-rate LAE's weights renamed for a variable-rate model (g_a, g_s inside their gain
+    wrappers) with the model's own initial gains; anything else unchanged."""
+    gain = getattr(getattr(system, "net", None), "rate_gain", None)
+    if gain is None or any(k.startswith("net.rate_gain.") for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        for part in ("net.g_a.", "net.g_s."):
+            if k.startswith(part):
+                k = part + "inner." + k[len(part):]
+        out[k] = v
+    out.update({f"net.rate_gain.{k}": v.detach().clone() for k, v in gain.state_dict().items()})
+    return out
