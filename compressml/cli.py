@@ -129,6 +129,7 @@ def _info(args: argparse.Namespace) -> int:
             f"{d['file']}: format v{d['format_version']}, family {d['family']}, weights {d['fingerprint'][:16]}, {d['width']}x{d['height']}, "
             f"{d['channels']} channel(s), {d['bit_depth']}-bit, {d['bytes']} bytes, {d['bpp']:.4f} bpp"
             + (f", decoding mode {d['decoding_mode']}" if d["decoding_mode"] else "")
+            + (f", quality {d['quality']}" if d.get("quality") else "")
         )
     return 0
 

@@ -244,3 +244,26 @@ def test_cli_quality_max_bytes_and_roi(vr_bundle, tmp_path, capsys):
     assert cli("decompress", tmp_path / "roi.cml", "-m", vr_bundle, "-o", tmp_path / "roi.png").returncode == 0
     r = cli("compress", tmp_path / "a.png", "-m", vr_bundle, "-q", 150, "-o", tmp_path / "d.cml")
     assert r.returncode != 0 and "0..100" in r.stderr
+
+
+def test_info_shows_the_quality_and_the_premade_family_is_a_rate_control_ladder(vr_bundle, tmp_path, capsys):
+    from compressml.cli import main
+
+    rgb = (smooth(64, 64).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    assert main(["compress", str(tmp_path / "a.png"), "-m", str(vr_bundle), "-q", "62.5", "-o", str(tmp_path / "a.cml")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a.cml")]) == 0
+    assert "quality 62.5" in capsys.readouterr().out
+    # no -m: the premade lae-q1..q4 as the ladder
+    sizes = []
+    for q in (1, 4):
+        assert main(["compress", str(tmp_path / "a.png"), "-q", str(q), "-o", str(tmp_path / f"p{q}.cml")]) == 0
+        sizes.append((tmp_path / f"p{q}.cml").stat().st_size)
+    capsys.readouterr()
+    budget = sizes[1] - 1
+    assert main(["compress", str(tmp_path / "a.png"), "--max-bytes", str(budget), "-o", str(tmp_path / "b.cml")]) == 0
+    out = capsys.readouterr().out
+    assert "lae-q" in out and "coding passes" in out
+    assert (tmp_path / "b.cml").stat().st_size <= budget
+    assert main(["decompress", str(tmp_path / "b.cml"), "-o", str(tmp_path / "b.png")]) == 0

@@ -193,6 +193,8 @@ def encode_image(model: CodecModel, image: SourceImage, request: RateRequest | N
     from compressml.codec import rate_control
 
     request = request or RateRequest()
+    if request.target is None and request.roi is None:  # the model's own rate (any codec, the hybrid one too)
+        return model.encode(image), {}
     base = model
     mask = None
     if request.roi is not None:
@@ -303,4 +305,17 @@ def describe(path: Path) -> dict:
         "bytes": size,
         "bpp": 8 * size / (c.height * c.width),
         "decoding_mode": lae_codec.decoding_mode_of(c) if c.family == "lae" else None,
+        "quality": _quality_of(c),
     }
+
+
+def _quality_of(c: cml.Container) -> str | None:
+    """A variable-rate LAE file's quality ("62.5") or quality map ("map 24x32, 20..80"); None otherwise."""
+    if c.family != "lae" or c.version == 1 or not c.sections_of(lae_codec.RATE):
+        return None
+    raw = c.section(lae_codec.RATE)
+    if raw[:1] == b"\x01" and len(raw) >= 5:
+        shape = (int.from_bytes(raw[1:3], "big"), int.from_bytes(raw[3:5], "big"))
+        rate = lae_codec.Rate.read(raw, shape)
+        return f"map {shape[1]}x{shape[0]}, {int(rate.map.min())}..{int(rate.map.max())}"
+    return f"{lae_codec.Rate.read(raw, (0, 0)).quality:g}"

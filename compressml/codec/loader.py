@@ -20,7 +20,10 @@ def load_codec(model: str | Path, base: str | None = None, setting: float | None
 
     net, name, fingerprint, options = load_net(model)  # loaded once, whatever the family
     if not family(name).codes:
-        return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, setting)
+        if setting is not None and setting != int(setting):
+            raise CompressMLError(f"-q for the hybrid codec is the base codec's quality: a whole number, got {setting:g}")
+        return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base,
+                                  None if setting is None else int(setting))
     codec = CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
     if base is not None:
         raise CompressMLError("--base is for the hybrid codec: -m must then be a RED model")
