@@ -267,3 +267,23 @@ def test_info_shows_the_quality_and_the_premade_family_is_a_rate_control_ladder(
     assert "lae-q" in out and "coding passes" in out
     assert (tmp_path / "b.cml").stat().st_size <= budget
     assert main(["decompress", str(tmp_path / "b.cml"), "-o", str(tmp_path / "b.png")]) == 0
+
+
+def test_init_from_a_float16_bundle_keeps_the_constant_bounds_and_makes_a_fixed_model_variable(tmp_path):
+    from conftest import save_system_checkpoint
+
+    from compressml.export import export_bundle
+    from compressml.systems.loading import init_weights
+
+    torch.manual_seed(0)
+    fixed = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01})
+    ckpt = save_system_checkpoint(fixed, tmp_path / "fixed.ckpt")
+    export_bundle(ckpt, tmp_path / "b16", onnx=False, torchscript=False, dtype="float16")
+    vr = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
+                   variable_rate=True)
+    init_weights(vr, tmp_path / "b16")
+    state = vr.state_dict()
+    assert float(state["net.gaussian_conditional.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)  # 0 in float16
+    assert float(state["net.entropy_bottleneck.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
+    w = fixed.net.g_a[0].weight
+    assert torch.allclose(vr.net.g_a.inner[0].weight, w.half().float())

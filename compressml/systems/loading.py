@@ -88,16 +88,29 @@ def init_weights(system, path: str | Path) -> None:
 
         net, manifest = bundle.load_bundle(path)
         family, state = manifest.get("family"), {f"net.{k}": v for k, v in net.state_dict().items()}
+        from_bundle = True
     else:
         ckpt = read_checkpoint(path)
         family, state = checkpoint_family(ckpt), dict(ckpt["state_dict"])
+        from_bundle = False
     if family != system.family:
         raise ConfigError(f"init_from={path}: a {family or 'non-compressml'} checkpoint cannot start a {system.family} model")
     state = _fixed_into_variable_rate(system, state)
+    if from_bundle:
+        # A float16 bundle holds CompressAI's constant bounds in float16, where the likelihood bound
+        # 1e-9 is 0: a run started from it met log(0) (infinite bits) after 163 steps. They are the
+        # architecture's constants, not learnt: keep the fresh model's.
+        fresh = system.state_dict()
+        state.update({k: fresh[k].clone() for k in state if k in fresh and _is_constant_bound(k)})
     try:
         system.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ConfigError(f"init_from={path}: its weights do not fit this model ({first_line(e)})") from None
+
+
+def _is_constant_bound(key: str) -> bool:
+    """CompressAI's fixed bounds (likelihood and scale lower bounds, GDN reparametrisation bounds)."""
+    return key.endswith((".bound", ".scale_bound", ".pedestal"))
 
 
 def _fixed_into_variable_rate(system, state: dict) -> dict:
