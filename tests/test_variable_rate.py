@@ -287,3 +287,16 @@ def test_init_from_a_float16_bundle_keeps_the_constant_bounds_and_makes_a_fixed_
     assert float(state["net.entropy_bottleneck.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
     w = fixed.net.g_a[0].weight
     assert torch.allclose(vr.net.g_a.inner[0].weight, w.half().float())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_architecture_trains_variable_rate_with_quality_maps(arch):
+    latent = {"mean_scale": 16, "cheng2020-anchor-checkerboard": 8, "elic2022-chandelier": 20}[arch]
+    torch.manual_seed(0)
+    system = LAESystem(net={"arch": arch, "channels": 8, "latent_channels": latent}, g=RateDistortion(0.01),
+                       variable_rate=True, rate_maps=1.0)
+    system.train()
+    terms = system.compute_losses(torch.rand(2, 3, 64, 64))
+    terms["loss"].backward()
+    gain = rate_gain_of(system.net)
+    assert torch.isfinite(terms["loss"]) and gain.log_gain.grad is not None and gain.log_inverse.grad.abs().sum() > 0
