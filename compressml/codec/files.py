@@ -313,9 +313,8 @@ def _quality_of(c: cml.Container) -> str | None:
     """A variable-rate LAE file's quality ("62.5") or quality map ("map 24x32, 20..80"); None otherwise."""
     if c.family != "lae" or c.version == 1 or not c.sections_of(lae_codec.RATE):
         return None
-    raw = c.section(lae_codec.RATE)
-    if raw[:1] == b"\x01" and len(raw) >= 5:
-        shape = (int.from_bytes(raw[1:3], "big"), int.from_bytes(raw[3:5], "big"))
-        rate = lae_codec.Rate.read(raw, shape)
-        return f"map {shape[1]}x{shape[0]}, {int(rate.map.min())}..{int(rate.map.max())}"
-    return f"{lae_codec.Rate.read(raw, (0, 0)).quality:g}"
+    rate = lae_codec.Rate.read(c.section(lae_codec.RATE))
+    if rate.map is None:
+        return f"{rate.quality:g}"
+    h, w = rate.map.shape
+    return f"map {w}x{h}, {int(rate.map.min())}..{int(rate.map.max())}"

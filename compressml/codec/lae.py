@@ -48,6 +48,7 @@ from compressml.models.lae import (
     expected_layout,
     is_updated,
     latent_count,
+    latent_size,
     refine_latent_window,
     refinement_score,
     stride_of,
@@ -99,8 +100,9 @@ class Rate:
         return (RATE, struct.pack(">BHH", 1, h, w) + zlib.compress(np.ascontiguousarray(self.map).tobytes(), 9))
 
     @classmethod
-    def read(cls, raw: bytes, latent: tuple[int, int]) -> Rate:
-        """From a RATE section, checked against the latent size (h, w) the image gives."""
+    def read(cls, raw: bytes, latent: tuple[int, int] | None = None) -> Rate:
+        """From a RATE section, checked against the latent size (h, w) the image gives (None: the
+        map's own size, bounded only by the section)."""
         if len(raw) == 3 and raw[0] == 0:
             hundredths = struct.unpack(">H", raw[1:])[0]
             if hundredths > 10000:
@@ -108,7 +110,7 @@ class Rate:
             return cls(quality=hundredths / 100)
         if len(raw) >= 5 and raw[0] == 1:
             h, w = struct.unpack(">HH", raw[1:5])
-            if (h, w) != tuple(latent):
+            if latent is not None and (h, w) != tuple(latent):
                 raise ContainerError("the quality map does not match the image size")
             try:
                 data = zlib.decompressobj().decompress(raw[5:], h * w + 1)
@@ -121,12 +123,6 @@ class Rate:
                 raise ContainerError("quality above 100 in the quality map")
             return cls(map=values.copy())
         raise ContainerError("malformed rate section")
-
-
-def latent_size(model: CompressionModel, height: int, width: int) -> tuple[int, int]:
-    """(h, w) of y for an image: the padded size over the synthesis factor."""
-    stride = stride_of(model)
-    return (-(-height // stride) * stride // SYNTHESIS_FACTOR, -(-width // stride) * stride // SYNTHESIS_FACTOR)
 
 
 def roi_map(model: CompressionModel, mask: np.ndarray, quality: float, region_quality: float) -> Rate:

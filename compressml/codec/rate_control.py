@@ -94,39 +94,35 @@ def control(rungs: Sequence[Rung], target: str, value: float, rgb: torch.Tensor)
     last = len(rungs) - 1
     if target == "bpp":
         goal = value * h * w / 8
-        lo, hi = 0, last  # the last rung with size <= goal, then the closer of it and the next
-        if code(lo)[1] >= goal:
-            best = lo
-        elif code(hi)[1] <= goal:
-            best = hi
-        else:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if code(mid)[1] <= goal else (lo, mid)
-            best = min((lo, hi), key=lambda i: abs(code(i)[1] - goal))
+        fits = lambda i: code(i)[1] <= goal
+        if not fits(0):
+            best = 0
+        elif fits(last):
+            best = last
+        else:  # the last rung at most the goal, or the next one, whichever is closer
+            lo = _last_true(fits, 0, last)
+            best = min((lo, lo + 1), key=lambda i: abs(code(i)[1] - goal))
         return _outcome(rungs, best, seen, passes, h, w, 8 * seen[best][1] / (h * w))
     if target == "max_bytes":  # the highest rung that fits
         if not ok(0):
             raise RateControlError(f"even the lowest quality ({rungs[0].label}) needs {code(0)[1]} bytes, more than {int(value)}")
-        lo, hi = 0, last
-        if ok(hi):
-            lo = hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-        return _outcome(rungs, lo, seen, passes, h, w, seen[lo][1])
+        best = last if ok(last) else _last_true(ok, 0, last)
+        return _outcome(rungs, best, seen, passes, h, w, seen[best][1])
     # a quality target: the lowest rung that reaches it
     unit = "dB" if target == "psnr" else "MS-SSIM"
     if not ok(last):
         raise RateControlError(f"even the highest quality ({rungs[last].label}) reaches {code(last)[2]:.4g} {unit}, "
                                f"below {value:g}")
-    lo, hi = 0, last
-    if ok(lo):
-        hi = lo
+    best = 0 if ok(0) else _last_true(lambda i: not ok(i), 0, last) + 1
+    return _outcome(rungs, best, seen, passes, h, w, seen[best][2])
+
+
+def _last_true(holds: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Bisection: the last index in lo..hi where ``holds``, given that it holds at lo and not at hi."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return _outcome(rungs, hi, seen, passes, h, w, seen[hi][2])
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo
 
 
 def _outcome(rungs, i, seen, passes, h, w, achieved) -> Outcome:

@@ -248,6 +248,12 @@ def stride_of(model: CompressionModel) -> int:
         return 64  # the largest stride of CompressAI's image models; always safe
 
 
+def latent_size(model: CompressionModel, height: int, width: int) -> tuple[int, int]:
+    """(h, w) of y for an image: the size padded to the model's stride, over the synthesis factor."""
+    stride = stride_of(model)
+    return (-(-height // stride) * stride // SYNTHESIS_FACTOR, -(-width // stride) * stride // SYNTHESIS_FACTOR)
+
+
 @dataclass
 class LAEPayload:
     """What :func:`compress` produces: the coded strings plus everything needed to decode them."""

@@ -32,8 +32,8 @@ from compressml.models.lae import (
     compress,
     decompress,
     forward_padded,
+    latent_size,
     load_coding_state,
-    stride_of,
 )
 from compressml.models.variable_rate import (
     DEFAULT_ANCHORS,
@@ -190,9 +190,7 @@ class LAESystem(CodecSystem):
         if not self.hparams.rate_maps or float(torch.rand(())) >= self.hparams.rate_maps:
             return draw(), None
         n, _, h, w = x.shape
-        lh, lw = -(-h // SYNTHESIS_FACTOR), -(-w // SYNTHESIS_FACTOR)
-        stride = stride_of(self.net) // SYNTHESIS_FACTOR  # the latent is padded as the image
-        lh, lw = -(-lh // stride) * stride, -(-lw // stride) * stride
+        lh, lw = latent_size(self.net, h, w)
         cond = torch.full((n, 1, lh, lw), draw(), dtype=torch.float64, device=x.device)
         for i in range(n):
             rh, rw = (max(1, int(side * (0.125 + 0.625 * float(torch.rand(()))))) for side in (lh, lw))
