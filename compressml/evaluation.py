@@ -327,6 +327,21 @@ class LearnedModel:
     setting: str  # how the point is named (by default the file's name)
     curve: str | None = None  # the curve it belongs to (default: compressml-<architecture>)
     refine: int = 0  # LAE: steps of encoder-side latent refinement (its curve gets a "+refine<steps>" suffix)
+    qualities: tuple[float, ...] | None = None  # a variable-rate LAE: its points (None: VR_QUALITIES)
+
+
+VR_QUALITIES = (0.0, 25.0, 50.0, 75.0, 100.0)  # a variable-rate checkpoint's default curve
+
+
+def parse_qualities(value) -> tuple[float, ...] | None:
+    """``qualities=[0, 50, 100]`` (or one number) -> the qualities a variable-rate model is evaluated at."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(values, (list, tuple)) or not values or any(
+            isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100 for q in values):
+        raise ConfigError(f"qualities must be numbers from 0 to 100 (or a list of them), got {value!r}")
+    return tuple(sorted({float(q) for q in values}))
 
 
 def default_curve_name(net: torch.nn.Module) -> str:
@@ -383,16 +398,9 @@ def run_evaluation(
     settings = dict(settings or {})
     records: list[dict] = []
     learned_names: list[str] = []
-    last: tuple[Path, CodecModel] | None = None  # consecutive entries of one model share its load
-    for m in models:
-        if last is None or last[0] != m.path:
-            last = (m.path, load_model(m.path))
-        model = last[1]
-        curve = m.curve or default_curve_name(model.net)
-        if m.refine:
-            model, curve = model.refined(m.refine), f"{curve}+refine{m.refine}"
-        progress(f"{curve} [{m.setting}]: {len(images)} image(s)")
-        records += evaluate_learned(model, curve, m.setting, images, out_dir / "files" / curve / m.setting)
+    for m, model, curve, setting in _learned_points(models, load_model):
+        progress(f"{curve} [{setting}]: {len(images)} image(s)")
+        records += evaluate_learned(model, curve, setting, images, out_dir / "files" / curve / setting)
         learned_names += [curve] if curve not in learned_names else []
     for curve, setting, model in loaded:
         progress(f"{curve} [{setting}]: {len(images)} image(s)")
@@ -426,6 +434,33 @@ def run_evaluation(
         atomic_write(out_dir / "curves" / f"{name}.json", lambda tmp, d=doc: tmp.write_text(json.dumps(d, indent=1)), force=True)
     plot_rd({**curves, **references}, learned_names, out_dir / "rd.png", f"{len(images)} image(s)")
     return result
+
+
+def _learned_points(models: Sequence[LearnedModel], load_model: Callable[[Path], CodecModel]):
+    """(entry, codec model, curve, setting) for every point: a fixed-rate checkpoint is one point of
+    its curve; a variable-rate one is a whole curve of its own (``<curve>-vr``, one point per quality)."""
+    loaded: dict[Path, CodecModel] = {}
+    for m in models:
+        if m.path not in loaded:
+            loaded[m.path] = load_model(m.path)
+    variable = [m for m in models if loaded[m.path].variable_rate]
+    if any(m.qualities for m in models) and not variable:
+        raise ConfigError("qualities is for variable-rate LAE checkpoints (model.variable_rate=true); "
+                          "these code at one rate each")
+    several = len({m.path for m in variable}) > 1
+    for m in models:
+        model = loaded[m.path]
+        curve = m.curve or default_curve_name(model.net)
+        if model.variable_rate:
+            curve = (f"{curve}:{m.setting}" if several else curve) if m.curve else (
+                f"{curve}-vr:{m.setting}" if several else f"{curve}-vr")
+        if m.refine:
+            model, curve = model.refined(m.refine), f"{curve}+refine{m.refine}"
+        if not model.variable_rate:
+            yield m, model, curve, m.setting
+            continue
+        for q in m.qualities or VR_QUALITIES:
+            yield m, model.at(q), curve, f"q{q:g}"
 
 
 def learned_models(checkpoints, label: str | None) -> list[LearnedModel]:
@@ -551,6 +586,9 @@ def evaluate_from_config(cfg) -> dict:
         models += sweep_models(plain(cfg.sweep), cfg.get("label"))
     hybrids = hybrid_codecs(plain(cfg.get("hybrid")) or [])
     families = {model_family(m.path) for m in models}
+    qualities = parse_qualities(plain(cfg.get("qualities")))
+    if qualities:
+        models = [replace(m, qualities=qualities) for m in models]
     refine = plain(cfg.get("refine"))
     if refine:
         if families - {"lae"}:

@@ -300,3 +300,34 @@ def test_each_architecture_trains_variable_rate_with_quality_maps(arch):
     terms["loss"].backward()
     gain = rate_gain_of(system.net)
     assert torch.isfinite(terms["loss"]) and gain.log_gain.grad is not None and gain.log_inverse.grad.abs().sum() > 0
+
+
+def test_evaluate_draws_a_whole_curve_from_one_variable_rate_model(tmp_path):
+    from pathlib import Path
+
+    from compressml.evaluation import EvalImage, LearnedModel, parse_qualities, run_evaluation
+
+    vr = CodecModel(net=tiny_vr(), fingerprint=lae_codec.weights_fingerprint(tiny_vr()), source="vr")
+    fixed_net = build_lae("mean_scale", 8, 16).eval()
+    fixed_net.update(force=True)
+    fixed = CodecModel(net=fixed_net, fingerprint=lae_codec.weights_fingerprint(fixed_net), source="fixed")
+    by_path = {Path("vr.ckpt"): vr, Path("fixed.ckpt"): fixed}
+    images = [EvalImage.from_tensor(f"im{i}.png", smooth(seed=i)) for i in range(2)]
+    models = [LearnedModel(Path("vr.ckpt"), "vr", qualities=(0.0, 60.0, 100.0)), LearnedModel(Path("fixed.ckpt"), "fixed")]
+    result = run_evaluation(models, images, [], tmp_path, load_model=by_path.__getitem__)
+    curve = result["curves"]["compressml-mean_scale-vr"]
+    assert curve["setting"] == ["q0", "q60", "q100"]
+    assert curve["bpp"][0] < curve["bpp"][1] < curve["bpp"][2]
+    assert result["curves"]["compressml-mean_scale"]["setting"] == ["fixed"]  # a fixed-rate model stays one point
+    assert set(result["learned"]) == {"compressml-mean_scale-vr", "compressml-mean_scale"}
+    assert (tmp_path / "files" / "compressml-mean_scale-vr" / "q60" / "im1.cml").is_file()
+    # the quality travels in each file: decoding needs nothing else
+    data = cml.parse((tmp_path / "files" / "compressml-mean_scale-vr" / "q100" / "im0.cml").read_bytes())
+    assert lae_codec.Rate.read(data.section(lae_codec.RATE)).quality == 100.0
+    with pytest.raises(ConfigError, match="variable-rate"):
+        run_evaluation([LearnedModel(Path("fixed.ckpt"), "fixed", qualities=(50.0,))], images, [], tmp_path / "x",
+                       load_model=by_path.__getitem__)
+    assert parse_qualities(50) == (50.0,) and parse_qualities([100, 0, 0]) == (0.0, 100.0)
+    for bad in ([], [101], ["a"], True):
+        with pytest.raises(ConfigError, match="qualities"):
+            parse_qualities(bad)
