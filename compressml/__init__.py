@@ -8,16 +8,17 @@ import warnings
 # compressai scripts its entropy coder at import; recent torch calls that deprecated. Not actionable here.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
-import os
+import sys
 
-from omegaconf import OmegaConf
-
+from compressml import _imports
 from compressml.errors import CompressMLError, ConfigError, DataError
 
-# ${cwd:} in conf/paths: the directory a job was started from, resolvable before Hydra's own
-# runtime config exists (the multirun sweeper resolves its sweep dir that early).
-if not OmegaConf.has_resolver("cwd"):
-    OmegaConf.register_new_resolver("cwd", os.getcwd)
+_imports.install()  # CompressAI's point-cloud parts load when used, not at import (see _imports)
+
+if "omegaconf" in sys.modules:  # an entry point that composes configs (train.py: hydra first)
+    from compressml.resolvers import register_resolvers
+
+    register_resolvers()
 
 __version__ = "0.1.0"
 

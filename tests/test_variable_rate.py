@@ -287,6 +287,14 @@ def test_init_from_a_float16_bundle_keeps_the_constant_bounds_and_makes_a_fixed_
     assert float(state["net.entropy_bottleneck.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
     w = fixed.net.g_a[0].weight
     assert torch.allclose(vr.net.g_a.inner[0].weight, w.half().float())
+    # the gains start at 1 where the fixed model was trained (its g's λ), √λ around it
+    gain = rate_gain_of(vr.net)
+    y = torch.ones(1, 16, 2, 2)
+    with conditioned(vr.net, torch.tensor(0.01).log().item()):
+        assert torch.allclose(gain.gain(y), torch.ones_like(y), atol=1e-3)
+        assert torch.allclose(gain.inverse(y), torch.ones_like(y), atol=1e-3)
+    with conditioned(vr.net, torch.tensor(0.04).log().item()):
+        assert torch.allclose(gain.gain(y), torch.full_like(y, 2.0), rtol=1e-3)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,18 +1,11 @@
-"""Image data: file reading with explicit conversions, DataModules, the Kodak download helper."""
+"""Image data: file reading with explicit conversions, DataModules, the Kodak download helper.
 
-from compressml.data.datamodules import (
-    SAMPLE_IMAGES,
-    ImageDataModule,
-    ImageDataset,
-    ImageFolderDataModule,
-    ImageItem,
-    KodakDataModule,
-    SampleImagesDataModule,
-    fit_crop,
-)
+The DataModules (Lightning) load on first use, so the codec, which reads images only, starts
+without Lightning."""
+
 from compressml.data.images import list_images, load_image, save_image
 
-__all__ = [
+_DATAMODULES = (
     "SAMPLE_IMAGES",
     "ImageDataModule",
     "ImageDataset",
@@ -21,7 +14,18 @@ __all__ = [
     "KodakDataModule",
     "SampleImagesDataModule",
     "fit_crop",
-    "list_images",
-    "load_image",
-    "save_image",
-]
+)
+
+__all__ = [*_DATAMODULES, "list_images", "load_image", "save_image"]
+
+
+def __getattr__(name: str):
+    if name in _DATAMODULES:
+        from compressml.data import datamodules
+
+        return getattr(datamodules, name)
+    raise AttributeError(f"module 'compressml.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

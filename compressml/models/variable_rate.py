@@ -57,6 +57,15 @@ class RateGain(nn.Module):
         self.log_inverse = nn.Parameter(-start[:, None].repeat(1, channels).contiguous())
         self.condition: float | torch.Tensor | None = None
 
+    @torch.no_grad()
+    def start_at(self, lmbda: float) -> None:
+        """Gains on the √λ law with gain 1 at ``lmbda``: a fixed-rate model trained at that λ starts
+        coding there exactly as it did (``init_from`` a fixed-rate model)."""
+        logs = torch.linspace(*self.log_range.tolist(), self.anchors, dtype=torch.float64)
+        start = (0.5 * (logs - math.log(lmbda)))[:, None].to(self.log_gain.dtype)
+        self.log_gain.copy_(start.expand_as(self.log_gain))
+        self.log_inverse.copy_((-start).expand_as(self.log_inverse))
+
     @property
     def lmbda_range(self) -> tuple[float, float]:
         lo, hi = self.log_range.tolist()

@@ -79,7 +79,7 @@ def init_weights(system, path: str | Path) -> None:
     """Start ``system`` from the weights of the checkpoint or export bundle at ``path``
     (``init_from=``): same family and architecture, nothing else carried over (a new run: step 0,
     fresh optimizer, this g). A fixed-rate LAE can start a variable-rate one of the same architecture
-    (its gains start from their own initialisation)."""
+    (its gains start on the √λ law, equal to 1 at the λ it was trained for when its g records one)."""
     from compressml.errors import ConfigError
 
     path = Path(path)
@@ -88,14 +88,16 @@ def init_weights(system, path: str | Path) -> None:
 
         net, manifest = bundle.load_bundle(path)
         family, state = manifest.get("family"), {f"net.{k}": v for k, v in net.state_dict().items()}
+        hparams = manifest.get("hyper_parameters") or {}
         from_bundle = True
     else:
         ckpt = read_checkpoint(path)
         family, state = checkpoint_family(ckpt), dict(ckpt["state_dict"])
+        hparams = ckpt.get("hyper_parameters") or {}
         from_bundle = False
     if family != system.family:
         raise ConfigError(f"init_from={path}: a {family or 'non-compressml'} checkpoint cannot start a {system.family} model")
-    state = _fixed_into_variable_rate(system, state)
+    state = _fixed_into_variable_rate(system, state, _trained_lmbda(hparams))
     if from_bundle:
         # A float16 bundle holds CompressAI's constant bounds in float16, where the likelihood bound
         # 1e-9 is 0: a run started from it met log(0) (infinite bits) after 163 steps. They are the
@@ -113,12 +115,22 @@ def _is_constant_bound(key: str) -> bool:
     return key.endswith((".bound", ".scale_bound", ".pedestal"))
 
 
-def _fixed_into_variable_rate(system, state: dict) -> dict:
+def _trained_lmbda(hparams) -> float | None:
+    """The λ of a fixed-rate model's g (``g.lmbda`` in its hyper-parameters), if it has one."""
+    g = hparams.get("g") if isinstance(hparams, dict) else None
+    value = g.get("lmbda") if isinstance(g, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _fixed_into_variable_rate(system, state: dict, lmbda: float | None = None) -> dict:
     """A fixed-rate LAE's weights renamed for a variable-rate model (g_a, g_s inside their gain
-    wrappers) with the model's own initial gains; anything else unchanged."""
+    wrappers) with gains that start on the √λ law, 1 at ``lmbda`` (the λ it was trained for; None:
+    the model's own initialisation); anything else unchanged."""
     gain = getattr(getattr(system, "net", None), "rate_gain", None)
     if gain is None or any(k.startswith("net.rate_gain.") for k in state):
         return state
+    if lmbda is not None:
+        gain.start_at(lmbda)
     out = {}
     for k, v in state.items():
         for part in ("net.g_a.", "net.g_s."):

@@ -1,0 +1,73 @@
+"""The codec starts without CompressAI's point-cloud parts, and CompressAI stays whole (compressml._imports)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HEAVY = ("torch_geometric", "torchvision", "torch._dynamo", "pytorch_lightning", "hydra", "omegaconf", "matplotlib")
+
+
+def run(code: str, **env) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_the_codec_path_imports_none_of_the_heavy_packages_and_compressai_stays_whole():
+    out = run(f"""
+        import sys
+        import compressml.codec.files, compressml.cli
+        from compressml.codec.files import CodecModel
+        from compressml.premade import resolve_model
+        CodecModel.load(resolve_model("lae-q1"))
+        print("loaded:", sorted(m for m in {HEAVY!r} if m in sys.modules))
+        import compressai
+        from compressai.datasets import ImageFolder          # deferred module, completed on use
+        from compressai.transforms import RGB2YCbCr
+        from compressai.registry import TRANSFORMS, DATASETS
+        assert "RandomCrop" in TRANSFORMS and "Compose" in TRANSFORMS and "NormalizeScale" in TRANSFORMS  # torchvision, torch_geometric
+        assert "ModelNetDataset" in DATASETS and "ImageFolder" in DATASETS
+        assert type(compressai.datasets).__name__ == "module" and compressai.datasets.ImageFolder is ImageFolder
+        import compressai.zoo
+        net = compressai.zoo.bmshj2018_factorized(quality=1, pretrained=False)
+        print("whole:", type(net).__name__, len(TRANSFORMS) > 50)
+    """)
+    assert "loaded: []" in out and "whole: FactorizedPrior True" in out
+
+
+def test_transforms_registered_before_the_table_is_read_are_kept():
+    out = run("""
+        import compressml
+        import compressai
+        from compressai.registry import register_transform, TRANSFORMS
+        @register_transform("Compose")
+        class Mine: pass
+        assert TRANSFORMS["Compose"] is Mine     # registered names win over the libraries' classes
+        assert "RandomCrop" in TRANSFORMS and len(TRANSFORMS) == len(list(TRANSFORMS))
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+@pytest.mark.parametrize("how", ["eager", "other_version"])
+def test_the_hook_steps_aside(how):
+    code = """
+        import sys
+        import compressml._imports as hook
+        if %r == "other_version":
+            hook.REGISTRY_SHA256.clear()       # CompressAI's file is not the one the hook mirrors
+        import compressml, compressai
+        from compressai.registry import TRANSFORMS
+        print(type(TRANSFORMS).__name__, "torch_geometric" in sys.modules)
+    """ % how
+    out = run(code, **({"COMPRESSML_EAGER_IMPORTS": "1"} if how == "eager" else {}))
+    if how == "eager":
+        assert "dict True" in out
+    else:  # the registry as CompressAI wrote it; the datasets still deferred
+        assert out.split()[0] == "dict"
