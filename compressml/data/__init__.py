@@ -16,7 +16,19 @@ _DATAMODULES = (
     "fit_crop",
 )
 
-__all__ = [*_DATAMODULES, "list_images", "load_image", "save_image"]
+__all__ = [
+    "SAMPLE_IMAGES",
+    "ImageDataModule",
+    "ImageDataset",
+    "ImageFolderDataModule",
+    "ImageItem",
+    "KodakDataModule",
+    "SampleImagesDataModule",
+    "fit_crop",
+    "list_images",
+    "load_image",
+    "save_image",
+]
 
 
 def __getattr__(name: str):
