@@ -22,4 +22,15 @@ if "omegaconf" in sys.modules:  # an entry point that composes configs (train.py
 
 __version__ = "0.1.0"
 
-__all__ = ["CompressMLError", "ConfigError", "DataError", "__version__"]
+_API = ("Codec", "compress", "decompress", "load", "upscale")
+
+__all__ = ["Codec", "CompressMLError", "ConfigError", "DataError", "__version__", "compress", "decompress", "load", "upscale"]
+
+
+def __getattr__(name: str):
+    """The API (:mod:`compressml.api`) loads at its first use: ``import compressml`` stays light."""
+    if name in _API:
+        from compressml import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'compressml' has no attribute {name!r}")

@@ -37,14 +37,19 @@ OUTPUT_FORMATS = {"png": "PNG", "bmp": "BMP", "tiff": "TIFF", "webp": "WEBP"}
 def read_source(path: Path) -> SourceImage:
     """Decode an image file, remembering its channels, bit depth and alpha plane."""
     with open_image(path) as img:
-        mode = img.mode
-        bit_depth = 16 if mode.startswith("I") else 8
-        alpha = None
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-            alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
-        grey = mode in GREY_MODES or mode in ("LA", "La")
-        channels = (2 if grey else 4) if alpha is not None else (1 if grey else 3)
-        rgb = array_to_tensor(pil_to_array(img))
+        return source_from_pil(img)
+
+
+def source_from_pil(img: Image.Image) -> SourceImage:
+    """A PIL image as the codec sees it (grey, 16-bit, palette and alpha as :func:`read_source`)."""
+    mode = img.mode
+    bit_depth = 16 if mode.startswith("I") else 8
+    alpha = None
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"), dtype=np.uint8)
+    grey = mode in GREY_MODES or mode in ("LA", "La")
+    channels = (2 if grey else 4) if alpha is not None else (1 if grey else 3)
+    rgb = array_to_tensor(pil_to_array(img))
     return SourceImage(rgb=rgb, channels=channels, bit_depth=bit_depth, alpha=alpha)
 
 
@@ -184,7 +189,7 @@ class RateRequest:
     target: str | None = None
     value: float | None = None
     ladder: list[CodecModel] | None = None  # a fixed-rate family, fewest bits first (None: the model's qualities)
-    roi: Path | None = None
+    roi: Path | np.ndarray | None = None  # a mask file, or the mask itself (H, W), nonzero = region
     roi_quality: float | None = None
 
 
@@ -200,7 +205,8 @@ def encode_image(model: CodecModel, image: SourceImage, request: RateRequest | N
     if request.roi is not None:
         if not model.variable_rate:
             raise CompressMLError("--roi needs a variable-rate LAE (one network for every quality)")
-        mask = _read_mask(request.roi, image.rgb.shape[-2:])
+        mask = _read_mask(request.roi, image.rgb.shape[-2:]) if isinstance(request.roi, Path) else \
+            _checked_mask(request.roi, image.rgb.shape[-2:], "the mask")
     quality = base.rate.quality if base.rate is not None and base.rate.quality is not None else lae_codec.DEFAULT_QUALITY
 
     def at(q: float) -> CodecModel:
@@ -239,10 +245,14 @@ def _read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise DataError(f"{path}: no such mask file") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: not a readable mask image ({e})") from None
-    if mask.shape != tuple(size):
-        raise DataError(f"{path}: the mask is {mask.shape[1]}x{mask.shape[0]}, the image {size[1]}x{size[0]}")
+    return _checked_mask(mask, size, str(path))
+
+
+def _checked_mask(mask: np.ndarray, size: tuple[int, int], label: str) -> np.ndarray:
+    if mask.ndim != 2 or mask.shape != tuple(size):
+        raise DataError(f"{label}: the mask is {'x'.join(map(str, mask.shape[::-1]))}, the image {size[1]}x{size[0]}")
     if not mask.any():
-        raise DataError(f"{path}: the mask marks no pixel (nonzero = region)")
+        raise DataError(f"{label}: the mask marks no pixel (nonzero = region)")
     return mask
 
 

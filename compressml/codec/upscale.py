@@ -66,18 +66,25 @@ def upscale_tensor(net: torch.nn.Module, lr: torch.Tensor, tile: int | None = DE
         return run(lr).clamp(0, 1)
 
 
-def upscale_file(model: Upscaler, src: Path, dst: Path, force: bool = False, tile: int | None = DEFAULT_TILE) -> dict:
-    """Upscale one image file. Grey stays grey, alpha is upscaled bicubically, output is 8-bit."""
-    from compressml.codec.files import SourceImage, atomic_write, read_source, to_pil
+def upscale_image(model: Upscaler, image, tile: int | None = DEFAULT_TILE) -> Image.Image:
+    """Upscale a :class:`~compressml.codec.lae.SourceImage`. Grey stays grey, alpha is upscaled
+    bicubically, the result is 8-bit."""
+    from compressml.codec.files import SourceImage, to_pil
 
-    image = read_source(src)
     sr = upscale_tensor(model.net, image.rgb[None], tile)[0].cpu()
     alpha = None
     if image.alpha is not None:
         a = Image.fromarray(image.alpha if image.alpha.dtype == np.uint8 else (image.alpha >> 8).astype(np.uint8))
         alpha = np.asarray(a.resize((sr.shape[-1], sr.shape[-2]), Image.Resampling.BICUBIC))
-    out = SourceImage(rgb=sr, channels=image.channels, bit_depth=8, alpha=alpha)
-    pil = to_pil(out)
+    return to_pil(SourceImage(rgb=sr, channels=image.channels, bit_depth=8, alpha=alpha))
+
+
+def upscale_file(model: Upscaler, src: Path, dst: Path, force: bool = False, tile: int | None = DEFAULT_TILE) -> dict:
+    """Upscale one image file to a PNG (see :func:`upscale_image`)."""
+    from compressml.codec.files import atomic_write, read_source
+
+    image = read_source(src)
+    pil = upscale_image(model, image, tile)
     atomic_write(dst, lambda tmp: pil.save(tmp, format="PNG"), force)
     h, w = image.rgb.shape[-2:]
     return {"input": str(src), "output": str(dst), "width": w * model.scale, "height": h * model.scale}
