@@ -29,6 +29,7 @@ def _outputs(pairs, out: str | None, suffix: str) -> list:
 
 
 def _compress(args: argparse.Namespace) -> int:
+    from compressml.codec.batch import run_batch
     from compressml.codec.files import RateRequest, compress_file, expand_inputs
     from compressml.codec.loader import load_codec
     from compressml.codec.rate_control import TARGETS
@@ -72,10 +73,27 @@ def _compress(args: argparse.Namespace) -> int:
         raise CompressMLError("rate control and --roi are for LAE models, not the hybrid codec")
     if request.roi is not None and len(jobs) > 1:
         raise CompressMLError("--roi MASK is for one image (the mask has its size)")
-    for src, dst in jobs:
+
+    def work(src: Path, dst: Path) -> dict:
         r = compress_file(model, src, dst, force=args.force, request=request)
+        return {**r, "bytes_in": src.stat().st_size, "bytes_out": r["bytes"]}
+
+    def line(r: dict) -> str:
         chosen = f" ({r['rung']}, {_achieved(target, r['achieved'])}, {r['passes']} coding passes)" if "rung" in r else ""
-        print(f"{src} -> {dst}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{chosen}")
+        return f"{r['input']} -> {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{chosen}"
+
+    return _finish(run_batch(jobs, work, line, "compressing"), len(jobs), "compressed")
+
+
+def _finish(result, jobs: int, what: str) -> int:
+    """A batch's summary (several files) and exit status: 1 when any file failed."""
+    from compressml.codec.batch import print_summary
+
+    if jobs > 1:
+        print_summary(result, f"{what}: {len(result.records)} of {jobs} file(s)")
+    if result.failures:
+        print(f"error: {len(result.failures)} of {jobs} file(s) failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -85,26 +103,44 @@ def _achieved(target: str, value: float) -> str:
 
 
 def _decompress(args: argparse.Namespace) -> int:
+    from compressml.codec.batch import find_original, psnr_against, run_batch
     from compressml.codec.files import decompress_file, expand_inputs
     from compressml.codec.loader import load_codec
 
-    jobs = _outputs(expand_inputs(args.inputs, (".cml",)), args.output, "." + args.format)
+    pairs = expand_inputs(args.inputs, (".cml",))
+    jobs = _outputs(pairs, args.output, "." + args.format)
     _refuse_existing([dst for _, dst in jobs], args.force)
+    originals = Path(args.originals) if args.originals else None
+    if originals is not None and not originals.exists():
+        raise CompressMLError(f"{originals}: no such folder or file (--originals)")
+    rel_of = {src: rel for src, rel in pairs}
     models = {}  # one codec per model, loaded once
     if args.base is not None and args.model is None:
         raise CompressMLError("--base needs -m RED_MODEL (the hybrid files' upscaler)")
     if args.model is not None:
         models[None] = load_codec(_model_path(args.model), _model_path(args.base) if args.base else None)
-    for src, dst in jobs:
+
+    def work(src: Path, dst: Path) -> dict:
         key = None if args.model is not None else _premade_for_file(src)
         if key not in models:
             models[key] = load_codec(key)
         r = decompress_file(models[key], src, dst, fmt=args.format, force=args.force)
-        print(f"{src} -> {dst}: {r['width']}x{r['height']}")
-    return 0
+        r.update(bytes_in=src.stat().st_size, bytes_out=dst.stat().st_size, bpp=8 * src.stat().st_size / (r["width"] * r["height"]))
+        if originals is not None:
+            original = originals if originals.is_file() else find_original(originals, rel_of[src])
+            if original is None:
+                raise CompressMLError(f"{src}: no original for it under {originals} (--originals)")
+            r["psnr"] = psnr_against(dst, original)
+        return r
+
+    def line(r: dict) -> str:
+        return f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}" + (f", {r['psnr']:.2f} dB" if "psnr" in r else "")
+
+    return _finish(run_batch(jobs, work, line, "decompressing"), len(jobs), "decompressed")
 
 
 def _upscale(args: argparse.Namespace) -> int:
+    from compressml.codec.batch import run_batch
     from compressml.codec.files import expand_inputs
     from compressml.codec.upscale import Upscaler, upscale_file
     from compressml.data.images import IMAGE_SUFFIXES
@@ -113,11 +149,18 @@ def _upscale(args: argparse.Namespace) -> int:
     if any(dst.suffix.lower() != ".png" for _, dst in jobs):
         raise CompressMLError(f"{jobs[0][1]}: upscale writes PNG files; name the output .png (or give a folder)")
     _refuse_existing([dst for _, dst in jobs], args.force)
-    model = Upscaler.load(_model_path(args.model))
-    for src, dst in jobs:
+    if args.model is None and args.scale not in (2, 4):
+        raise CompressMLError(f"the premade super-resolution models are x2 and x4, got --scale {args.scale}")
+    model = Upscaler.load(_model_path(args.model or f"red-x{args.scale}"))
+
+    def work(src: Path, dst: Path) -> dict:
         r = upscale_file(model, src, dst, force=args.force, tile=args.tile)
-        print(f"{src} -> {dst}: {r['width']}x{r['height']} (x{model.scale})")
-    return 0
+        return {**r, "bytes_in": src.stat().st_size, "bytes_out": dst.stat().st_size}
+
+    def line(r: dict) -> str:
+        return f"{r['input']} -> {r['output']}: {r['width']}x{r['height']} (x{model.scale})"
+
+    return _finish(run_batch(jobs, work, line, "upscaling"), len(jobs), "upscaled")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -229,12 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("-m", "--model", help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files), or a premade model's name; the RED for hybrid files; default: the premade model named by each file")
     dec.add_argument("--base", help="hybrid files whose base layer is an LAE code: that LAE model")
     dec.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.png")
-    dec.add_argument("--format", default="png", choices=["png", "bmp", "tiff", "webp"])
+    dec.add_argument("--format", default="png", choices=["png", "bmp", "tiff", "webp"], help="output format (webp: lossless)")
+    dec.add_argument("--originals", metavar="DIR", help="the original images (same relative paths, any image suffix; or "
+                     "one file): PSNR per file and on average")
     dec.add_argument("--force", action="store_true", help="overwrite existing outputs")
     dec.set_defaults(func=_decompress)
     up = sub.add_parser("upscale", help="super-resolve images (files or folders, recursive) with a RED model")
     up.add_argument("inputs", nargs="+")
-    up.add_argument("-m", "--model", required=True, help="a RED: a premade model's name (red-x2, red-x4), export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt)")
+    up.add_argument("-m", "--model", help="a RED: a premade model's name (red-x2, red-x4), export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt); default: the premade red-x<scale>")
+    up.add_argument("--scale", type=int, default=2, help="without -m: the premade model's scale, 2 (default) or 4")
     up.add_argument("-o", "--output", required=True, help="output folder (or .png file, for one input)")
     up.add_argument("--tile", type=int, default=256, help="low-resolution tile side for large images (default 256); results match untiled ones")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -126,3 +126,32 @@ def test_models_command_lists_them(capsys):
     out = capsys.readouterr().out
     for name in ("lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"):
         assert name in out
+
+
+def test_folders_recursive_with_a_summary_failures_reported_and_the_batch_going_on(tmp_path, capsys):
+    from compressml.cli import main
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    for rel in ("a.png", "sub/b.png", "sub/c.jpg"):
+        low = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((48, 32), Image.Resampling.BICUBIC).save(src / rel)
+    (src / "sub" / "broken.png").write_bytes(b"not an image")
+    code = main(["compress", str(src), "-o", str(tmp_path / "cml"), "-q", "1"])
+    captured = capsys.readouterr()
+    assert code == 1  # one file failed; the others were written
+    assert sorted(p.relative_to(tmp_path / "cml").as_posix() for p in (tmp_path / "cml").rglob("*.cml")) == ["a.cml", "sub/b.cml", "sub/c.cml"]
+    assert "broken.png" in captured.err and captured.err.count("\n") == 2  # one line for the file, one for the count
+    assert "3 of 4 file(s)" in captured.out and "ratio" in captured.out and "mean bpp" in captured.out
+    assert not (tmp_path / "cml" / "sub" / "broken.cml").exists()
+    code = main(["decompress", str(tmp_path / "cml"), "-o", str(tmp_path / "out"), "--format", "bmp", "--originals", str(src)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == ["a.bmp", "sub", "sub/b.bmp", "sub/c.bmp"]
+    assert "mean PSNR dB" in captured.out and " dB" in captured.out.splitlines()[0]
+    # a single bad file keeps the one-line error and its exit status
+    assert main(["compress", str(src / "sub" / "broken.png"), "-o", str(tmp_path / "x.cml")]) == 2
+    assert not (tmp_path / "x.cml").exists()
+    assert main(["upscale", str(src / "a.png"), "-o", str(tmp_path / "a2.png")]) == 0
+    assert Image.open(tmp_path / "a2.png").size == (96, 64)
