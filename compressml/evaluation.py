@@ -81,8 +81,10 @@ def _file_name(image: EvalImage, suffix: str) -> str:
     return Path(image.name).with_suffix(suffix).name
 
 
-def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequence[EvalImage], out_dir: Path) -> list[dict]:
-    """Compress each image to ``out_dir/<name>.cml``, decode that file, and measure both."""
+def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequence[EvalImage], out_dir: Path,
+                     keep: dict | None = None, keep_images: int = 0) -> list[dict]:
+    """Compress each image to ``out_dir/<name>.cml``, decode that file, and measure both. The first
+    ``keep_images`` decoded images go into ``keep[(label, setting, name)]`` (for the report's crops)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for image in images:
@@ -96,6 +98,8 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
         decoded = model.decode(cml.parse(path.read_bytes()))
         decode_s = time.perf_counter() - start
         rgb = EvalImage.from_tensor(image.name, decoded.rgb).rgb
+        if keep is not None and len(records) < keep_images:
+            keep[(label, str(setting), image.name)] = rgb
         record = _record(label, setting, image, path.stat().st_size, rgb, encode_s, decode_s)
         if model.family in FAMILIES:  # a learned family (the hybrid codec has no extras)
             record.update(family(model.family).record_extras(model.net, container))
@@ -103,16 +107,23 @@ def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequen
     return records
 
 
-def size_matched(codec: ClassicalCodec, image: EvalImage, max_bytes: int) -> dict | None:
-    """The classical codec's best quality setting whose file is no larger than ``max_bytes`` (binary search)."""
+def match_size(codec: ClassicalCodec, rgb: np.ndarray, max_bytes: int) -> tuple[int, bytes] | None:
+    """(quality, file) of the classical codec's best quality whose file is no larger than ``max_bytes``
+    (binary search over 1..100), or None when even quality 1 is larger."""
     lo, hi, best = 1, 100, None
     while lo <= hi:
         q = (lo + hi) // 2
-        data = codec.encode(image.rgb, q)
+        data = codec.encode(rgb, q)
         if len(data) <= max_bytes:
             best, lo = (q, data), q + 1
         else:
             hi = q - 1
+    return best
+
+
+def size_matched(codec: ClassicalCodec, image: EvalImage, max_bytes: int) -> dict | None:
+    """The classical codec's best quality setting whose file is no larger than ``max_bytes``, measured."""
+    best = match_size(codec, image.rgb, max_bytes)
     if best is None:
         return None
     q, data = best
@@ -386,8 +397,10 @@ def run_evaluation(
     load_model: Callable[[Path], CodecModel] = CodecModel.load,
     progress: Callable[[str], None] = lambda msg: None,
     loaded: Sequence[tuple[str, str, object]] = (),
+    report_images: int = 3,
 ) -> dict:
-    """Measure everything, write results.json / results.csv / rd.png / curves/*.json into ``out_dir``.
+    """Measure everything, write results.json / results.csv / rd.png / curves/*.json and report.html
+    (with crops of the first ``report_images`` images) into ``out_dir``.
 
     ``loaded`` adds codecs that are already built, as ``(curve, setting, codec)`` with the
     ``encode``/``decode`` of :class:`CodecModel` (the hybrid codecs); they count as learned curves."""
@@ -398,13 +411,11 @@ def run_evaluation(
     settings = dict(settings or {})
     records: list[dict] = []
     learned_names: list[str] = []
-    for m, model, curve, setting in _learned_points(models, load_model):
+    decoded: dict = {}
+    points = [(curve, setting, model) for _, model, curve, setting in _learned_points(models, load_model)]
+    for curve, setting, model in [*points, *loaded]:
         progress(f"{curve} [{setting}]: {len(images)} image(s)")
-        records += evaluate_learned(model, curve, setting, images, out_dir / "files" / curve / setting)
-        learned_names += [curve] if curve not in learned_names else []
-    for curve, setting, model in loaded:
-        progress(f"{curve} [{setting}]: {len(images)} image(s)")
-        records += evaluate_learned(model, curve, setting, images, out_dir / "files" / curve / setting)
+        records += evaluate_learned(model, curve, setting, images, out_dir / "files" / curve / setting, decoded, report_images)
         learned_names += [curve] if curve not in learned_names else []
     for codec in codecs:
         chosen = tuple(settings.get(codec.name) or codec.settings)
@@ -433,6 +444,9 @@ def run_evaluation(
         doc = compressai_json(name, curve, f"compressml evaluate on {len(images)} image(s)")
         atomic_write(out_dir / "curves" / f"{name}.json", lambda tmp, d=doc: tmp.write_text(json.dumps(d, indent=1)), force=True)
     plot_rd({**curves, **references}, learned_names, out_dir / "rd.png", f"{len(images)} image(s)")
+    from compressml.report import write_report
+
+    write_report(result, out_dir, images[:report_images], decoded, codecs)
     return result
 
 
@@ -613,7 +627,7 @@ def evaluate_from_config(cfg) -> dict:
     result = run_evaluation(
         models, images, codecs, out_dir, settings=settings, reference=reference,
         compare=list(cfg.compare or []), matched=available_codecs(list(cfg.get("matched") or [])),
-        keep_classical_files=bool(cfg.keep_classical_files),
+        keep_classical_files=bool(cfg.keep_classical_files), report_images=int(cfg.get("report_images", 3)),
         progress=lambda msg: print(f"evaluating {msg}", flush=True), loaded=hybrids,
     )
     result["output_dir"] = str(out_dir)

@@ -264,3 +264,46 @@ def test_size_matched_jpeg_is_no_larger(tmp_path, images, tiny_checkpoint):
             assert len(CODECS["jpeg-420"].encode(image.rgb, q)) <= r["bytes"]
             if q < 100:
                 assert len(CODECS["jpeg-420"].encode(image.rgb, q + 1)) > r["bytes"]
+
+
+def test_report_html_holds_the_results_and_every_picture_it_shows(tmp_path, images, tiny_checkpoint):
+    from html.parser import HTMLParser
+
+    from compressml.report import crop_box
+
+    second = save_tiny_checkpoint(tmp_path / "ckpts" / "other.ckpt", seed=1)
+    models = [LearnedModel(tiny_checkpoint, "q1", "mine"), LearnedModel(second, "q2", "mine")]
+    out = tmp_path / "eval"
+    result = run_evaluation(models, images, [CODECS["jpeg-420"], CODECS["webp"]], out, settings={"jpeg-420": [20, 60, 90], "webp": [30, 80]},
+                            matched=[CODECS["jpeg-420"]], report_images=2)
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.cells, self.headings = [], [], []
+            self._in = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            self._in = tag
+
+        def handle_data(self, data):
+            if self._in == "td":
+                self.cells.append(data)
+            elif self._in in ("h2", "h3"):
+                self.headings.append(data)
+
+    page = Page()
+    page.feed((out / "report.html").read_text())
+    assert page.images and all((out / src).is_file() for src in page.images)  # relative links, all present
+    assert "rd.png" in page.images
+    crops = [src for src in page.images if src.startswith("report/crop")]
+    # per image: the original, the middle learned point, JPEG and WebP at its size (or a note that they cannot be that small)
+    assert len({src.split("_")[0] for src in crops}) == 2 and len(crops) >= 4
+    for row in result["averages"]:  # the averages table holds every result
+        assert f"{row['bpp']:.3f}" in page.cells and f"{row['psnr']:.2f}" in page.cells
+    assert any("Crops at the same file size" in h for h in page.headings) and any(h.startswith("a.png") for h in page.headings)
+    assert Image.open(out / crops[0]).size == (72, 48)  # the whole image when smaller than the crop
+    top, left, h, w = crop_box(np.zeros((300, 400, 3), np.uint8))
+    assert (h, w) == (256, 256) and 0 <= top <= 44 and 0 <= left <= 144
