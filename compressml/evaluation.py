@@ -258,6 +258,22 @@ def bd_rates(learned: dict[str, dict], others: dict[str, dict]) -> dict[str, dic
     return out
 
 
+def points_against_curves(points: dict[str, dict], curves: dict[str, dict]) -> list[dict]:
+    """A one-point learned curve against every other curve at the same bpp: the curve's PSNR there
+    (linear in log bpp between its two neighbouring points), and ours minus it. Outside a curve's
+    bpp range: no entry."""
+    out = []
+    for name, p in points.items():
+        bpp, psnr = p["bpp"][0], p["psnr"][0]
+        for other, c in curves.items():
+            pairs = sorted(zip(c["bpp"], c.get("psnr") or []))
+            if len(pairs) < 2 or not pairs[0][0] <= bpp <= pairs[-1][0]:
+                continue
+            there = float(np.interp(math.log(bpp), [math.log(b) for b, _ in pairs], [v for _, v in pairs]))
+            out.append({"learned": name, "against": other, "bpp": bpp, "psnr": psnr, "their_psnr": there, "delta_db": psnr - there})
+    return out
+
+
 def nearest_points(learned_rows: Sequence[dict], rows: Sequence[dict], codecs: Sequence[str]) -> list[dict]:
     """For each learned point, the named codecs' averaged points nearest in bpp."""
     out = []
@@ -435,6 +451,8 @@ def run_evaluation(
         "bd_rate": bd_rates({n: curves[n] for n in learned_names}, {**lossy_others, **references}),
         "nearest": nearest_points([r for r in rows if r["codec"] in learned_names], rows, compare),
         "matched": matched_comparison(records, learned_names, matched, images),
+        "at_equal_bpp": points_against_curves({n: curves[n] for n in learned_names if len(curves[n]["bpp"]) == 1},
+                                              {**lossy_others, **references}),
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     text = json.dumps(result, indent=1, default=_json_default)
@@ -671,6 +689,13 @@ def print_report(result: dict) -> None:
     if single:
         console.print(f"BD-rate needs a curve: {', '.join(single)} has one point (give several checkpoints, e.g. one per lambda)")
     rows = [r for r in rows if r[0] not in single]
+    if result.get("at_equal_bpp"):
+        eq = Table(title="One-point curves against the other curves at the same bpp (their PSNR interpolated in log bpp)", header_style="bold")
+        for col in ("learned", "against", "bpp", "ours dB", "theirs dB", "difference"):
+            eq.add_column(col, justify="left" if col in ("learned", "against") else "right")
+        for e in result["at_equal_bpp"]:
+            eq.add_row(e["learned"], e["against"], f"{e['bpp']:.3f}", f"{e['psnr']:.2f}", f"{e['their_psnr']:.2f}", f"{e['delta_db']:+.2f} dB")
+        console.print(eq)
     if rows:
         bd = Table(title="BD-rate of the learned curve (negative: fewer bits for the same quality)", header_style="bold")
         for col in ("learned", "against", "BD-rate PSNR", "BD-rate MS-SSIM"):

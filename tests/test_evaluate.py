@@ -307,3 +307,12 @@ def test_report_html_holds_the_results_and_every_picture_it_shows(tmp_path, imag
     assert Image.open(out / crops[0]).size == (72, 48)  # the whole image when smaller than the crop
     top, left, h, w = crop_box(np.zeros((300, 400, 3), np.uint8))
     assert (h, w) == (256, 256) and 0 <= top <= 44 and 0 <= left <= 144
+
+
+def test_a_one_point_curve_is_compared_at_the_same_bpp():
+    from compressml.evaluation import points_against_curves
+
+    curves = {"jpeg": {"bpp": [0.25, 1.0], "psnr": [28.0, 32.0]}, "far": {"bpp": [2.0, 3.0], "psnr": [40.0, 42.0]}}
+    out = points_against_curves({"mine": {"bpp": [0.5], "psnr": [31.0]}}, curves)
+    assert len(out) == 1 and out[0]["against"] == "jpeg"
+    assert out[0]["their_psnr"] == pytest.approx(30.0) and out[0]["delta_db"] == pytest.approx(1.0)  # halfway in log bpp
