@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.compressml-synced
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: env demo test test-fast bench clean
+.PHONY: env demo test test-fast lint format bench clean
 
 env: $(STAMP)
 
@@ -37,8 +37,17 @@ demo: $(STAMP)
 	@echo "crops of every codec at the same file size. BD-rate: the bits the learned curve needs for the same quality"
 	@echo "(PSNR or MS-SSIM), relative to the other codec; negative means fewer bits."
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(RUN) pytest -q
+
+# house style (pyproject.toml [tool.ruff]): `make format` applies it
+lint: $(STAMP)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: $(STAMP)
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
 
 # unit tests only (skips the slower end-to-end runs)
 test-fast: $(STAMP)

@@ -40,9 +40,16 @@ KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
 LMBDA = 0.0067  # conf/experiment/architectures/cpu_budget.yaml
 # small widths that train on a CPU (N, M; M = N for cheng2020): the premade family's 64/96 class
 CPU_WIDTHS = {
-    "mean_scale": (64, 96), "hyperprior": (64, 96), "factorized": (64, 96), "bmshj2018_factorized_relu": (64, 96),
-    "mbt2018": (64, 96), "cheng2020_anchor": (64, None), "cheng2020_attn": (64, None),
-    "cheng2020_anchor_checkerboard": (64, None), "elic2022_official": (64, 128), "elic2022_chandelier": (64, 128),
+    "mean_scale": (64, 96),
+    "hyperprior": (64, 96),
+    "factorized": (64, 96),
+    "bmshj2018_factorized_relu": (64, 96),
+    "mbt2018": (64, 96),
+    "cheng2020_anchor": (64, None),
+    "cheng2020_attn": (64, None),
+    "cheng2020_anchor_checkerboard": (64, None),
+    "elic2022_official": (64, 128),
+    "elic2022_chandelier": (64, 128),
 }
 DEFAULT_TRAINED = ["mean_scale", "mbt2018", "cheng2020_anchor_checkerboard", "elic2022_official"]
 
@@ -129,9 +136,15 @@ def coding_seconds(net, images: list, repeats: int) -> dict:
         del data
     n = len(images)
     per = lambda v: sum(v) / n / repeats
-    return {"encode_s": per(ours_enc), "decode_s": per(ours_dec), "compressai_encode_s": per(cai_enc),
-            "compressai_decode_s": per(cai_dec), "encode_ratio": sum(ours_enc) / sum(cai_enc),
-            "decode_ratio": sum(ours_dec) / sum(cai_dec), "same_strings": bool(same)}
+    return {
+        "encode_s": per(ours_enc),
+        "decode_s": per(ours_dec),
+        "compressai_encode_s": per(cai_enc),
+        "compressai_decode_s": per(cai_dec),
+        "encode_ratio": sum(ours_enc) / sum(cai_enc),
+        "decode_ratio": sum(ours_dec) / sum(cai_dec),
+        "same_strings": bool(same),
+    }
 
 
 def kodak_tensors(count: int) -> list:
@@ -154,8 +167,14 @@ def speed(args) -> None:
         n, m = variant_widths(spec.variant)
         torch.manual_seed(0)
         net = build_lae(spec.name, n, m)
-        row = {"variant": spec.variant, "compressai": spec.registry_name, "context": spec.context, "N": n, "M": m if m else n,
-               "params_M": sum(p.numel() for p in net.parameters()) / 1e6}
+        row = {
+            "variant": spec.variant,
+            "compressai": spec.registry_name,
+            "context": spec.context,
+            "N": n,
+            "M": m if m else n,
+            "params_M": sum(p.numel() for p in net.parameters()) / 1e6,
+        }
         row["step_s_fp32"] = step_seconds(net, "fp32", args.repeats)
         if args.bf16:  # emulated (and ~14x slower) on a CPU without AVX512-BF16
             row["step_s_bf16"] = step_seconds(net, "bf16", args.repeats)
@@ -163,9 +182,11 @@ def speed(args) -> None:
         row.update(coding_seconds(net, images, 1), kodak_images=len(images))
         rows.append(row)
         bf16 = f" / {row['step_s_bf16']:.3f} s bf16" if "step_s_bf16" in row else ""
-        print(f"{spec.variant:<31} {row['params_M']:6.2f} M  step {row['step_s_fp32']:.3f} s fp32{bf16}  "
-              f"enc {row['encode_s']:.2f} s ({row['encode_ratio']:.3f}x)  dec {row['decode_s']:.2f} s ({row['decode_ratio']:.3f}x)",
-              flush=True)
+        print(
+            f"{spec.variant:<31} {row['params_M']:6.2f} M  step {row['step_s_fp32']:.3f} s fp32{bf16}  "
+            f"enc {row['encode_s']:.2f} s ({row['encode_ratio']:.3f}x)  dec {row['decode_s']:.2f} s ({row['decode_ratio']:.3f}x)",
+            flush=True,
+        )
     save_results("speed", {"machine": machine_info(args.threads), "batch": "8 x 3 x 128 x 128", "rows": rows})
 
 
@@ -178,9 +199,16 @@ def run_dir(variant: str) -> Path:
 
 def train_command(variant: str, budget: float, resume: Path | None) -> list[str]:
     n, m = CPU_WIDTHS[variant]
-    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=architectures/cpu_budget", f"model=lae/{variant}",
-           f"model.net.channels={n}", f"model.net.latent_channels={'null' if m is None else m}",
-           f"callbacks.cpu_budget.seconds={budget}", f"hydra.run.dir={run_dir(variant)}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "experiment=architectures/cpu_budget",
+        f"model=lae/{variant}",
+        f"model.net.channels={n}",
+        f"model.net.latent_channels={'null' if m is None else m}",
+        f"callbacks.cpu_budget.seconds={budget}",
+        f"hydra.run.dir={run_dir(variant)}",
+    ]
     if resume is not None:
         cmd.append(f"ckpt_path={resume}")
     return cmd
@@ -215,7 +243,7 @@ def train(args) -> None:
         while pending and len(running) < args.parallel:
             variant, cmd = pending.pop(0)
             run_dir(variant).mkdir(parents=True, exist_ok=True)
-            log = open(run_dir(variant) / f"train_{int(time.time())}.log", "w")  # noqa: SIM115 (lives as long as the run)
+            log = open(run_dir(variant) / f"train_{int(time.time())}.log", "w")
             print(f"start {variant}: {' '.join(cmd[1:])}", flush=True)
             running.append((variant, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), time.time()))
         time.sleep(10)
@@ -243,7 +271,9 @@ def kodak(args) -> None:
     rows = [r for r in earlier if (r["variant"], round(r["cpu_seconds"])) in known]
     for variant in sorted(p.name for p in RUNS.iterdir() if p.is_dir()) if RUNS.is_dir() else []:
         folder = run_dir(variant) / "checkpoints"
-        ckpts = sorted(folder.glob("cpu*.ckpt"), key=lambda p: int(p.stem[3:])) + ([folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else [])
+        ckpts = sorted(folder.glob("cpu*.ckpt"), key=lambda p: int(p.stem[3:])) + (
+            [folder / "last.ckpt"] if (folder / "last.ckpt").is_file() else []
+        )
         for ckpt in ckpts:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
             if (variant, round(cpu_used(ckpt))) in known:
@@ -265,16 +295,34 @@ def kodak(args) -> None:
                 mse = 10 ** (-q["psnr"] / 10)
                 bpp.append(b), psnr.append(q["psnr"]), loss.append(LMBDA * 255**2 * mse + b)
             mean = lambda v: sum(v) / len(v)
-            row = {"variant": variant, "checkpoint": ckpt.name, "cpu_seconds": cpu_used(ckpt), "steps": int(state["global_step"]),
-                   "net": state["hyper_parameters"]["net"], "params_M": sum(v.numel() for k, v in state["state_dict"].items()
-                   if k.startswith("net.") and v.is_floating_point() and "_cdf" not in k and "scale_table" not in k) / 1e6,
-                   "kodak_bpp": mean(bpp), "kodak_psnr": mean(psnr), "kodak_objective": mean(loss),
-                   "encode_s": mean(enc), "decode_s": mean(dec), "images": len(images)}
+            row = {
+                "variant": variant,
+                "checkpoint": ckpt.name,
+                "cpu_seconds": cpu_used(ckpt),
+                "steps": int(state["global_step"]),
+                "net": state["hyper_parameters"]["net"],
+                "params_M": sum(
+                    v.numel()
+                    for k, v in state["state_dict"].items()
+                    if k.startswith("net.") and v.is_floating_point() and "_cdf" not in k and "scale_table" not in k
+                )
+                / 1e6,
+                "kodak_bpp": mean(bpp),
+                "kodak_psnr": mean(psnr),
+                "kodak_objective": mean(loss),
+                "encode_s": mean(enc),
+                "decode_s": mean(dec),
+                "images": len(images),
+            }
             rows.append(row)
-            print(f"{variant:<31} {row['cpu_seconds'] / 60:6.1f} CPU-min {row['steps']:6d} steps  {row['kodak_bpp']:.4f} bpp "
-                  f"{row['kodak_psnr']:.2f} dB  objective {row['kodak_objective']:.4f}  dec {row['decode_s']:.2f} s", flush=True)
-    save_results("kodak", {"machine": machine_info(args.threads), "lmbda": LMBDA, "data": "../shared/data/train (671 photos)",
-                           "rows": rows})
+            print(
+                f"{variant:<31} {row['cpu_seconds'] / 60:6.1f} CPU-min {row['steps']:6d} steps  {row['kodak_bpp']:.4f} bpp "
+                f"{row['kodak_psnr']:.2f} dB  objective {row['kodak_objective']:.4f}  dec {row['decode_s']:.2f} s",
+                flush=True,
+            )
+    save_results(
+        "kodak", {"machine": machine_info(args.threads), "lmbda": LMBDA, "data": "../shared/data/train (671 photos)", "rows": rows}
+    )
 
 
 def main() -> int:
@@ -294,8 +342,9 @@ def main() -> int:
     p = sub.add_parser("kodak")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=24)
-    p.add_argument("--only-new", action="store_true", help="keep the rows already in the JSON; code only checkpoints "
-                   "at CPU budgets not measured yet")
+    p.add_argument(
+        "--only-new", action="store_true", help="keep the rows already in the JSON; code only checkpoints at CPU budgets not measured yet"
+    )
     args = parser.parse_args()
     {"speed": speed, "train": train, "kodak": kodak}[args.step](args)
     return 0

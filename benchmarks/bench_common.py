@@ -53,21 +53,43 @@ def machine_info(threads: int | None = None) -> dict:
     }
 
 
-def timed_training_overrides(train_root: Path, minutes: float, device: str, crop: int, batch: int,
-                             repeat: int = 10, val_crop: int = 128) -> list[str]:
+def timed_training_overrides(
+    train_root: Path, minutes: float, device: str, crop: int, batch: int, repeat: int = 10, val_crop: int = 128
+) -> list[str]:
     """The ``train.py`` overrides of a benchmark that trains for ``minutes`` on a folder of images:
     a 5 % validation split, no logger, no scheduler, no logged images, Lightning's ``max_time``."""
     return [
-        "data=folder", f"data.root={train_root}", "data.split=ratio", "data.val_ratio=0.05", f"data.crop_size={crop}",
-        f"data.val_crop_size={val_crop}", f"data.batch_size={batch}", f"data.repeat={repeat}", "logger=none",
-        "model.scheduler=null", "model.log_images=0", "trainer.max_epochs=1000",
+        "data=folder",
+        f"data.root={train_root}",
+        "data.split=ratio",
+        "data.val_ratio=0.05",
+        f"data.crop_size={crop}",
+        f"data.val_crop_size={val_crop}",
+        f"data.batch_size={batch}",
+        f"data.repeat={repeat}",
+        "logger=none",
+        "model.scheduler=null",
+        "model.log_images=0",
+        "trainer.max_epochs=1000",
         f"+trainer.max_time='00:00:{int(minutes):02d}:{round(minutes % 1 * 60):02d}'",
-        f"trainer.accelerator={device}", "trainer.devices=1", "callbacks.progress_bar.refresh_rate=50",
+        f"trainer.accelerator={device}",
+        "trainer.devices=1",
+        "callbacks.progress_bar.refresh_rate=50",
     ]
 
 
-def train_timed(model_overrides: list[str], out_dir: Path, train_root: Path, minutes: float, device: str, crop: int,
-                batch: int, repeat: int = 10, val_crop: int = 128, extra: list[str] = ()) -> dict:
+def train_timed(
+    model_overrides: list[str],
+    out_dir: Path,
+    train_root: Path,
+    minutes: float,
+    device: str,
+    crop: int,
+    batch: int,
+    repeat: int = 10,
+    val_crop: int = 128,
+    extra: list[str] = (),
+) -> dict:
     """Train with compressml's own training (``compose`` + ``train``, outputs under ``out_dir``) for
     ``minutes``; ``extra`` overrides come last. Returns the run summary."""
     from compressml.training import compose, train

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, cpu_model  # noqa: E402
-from rd_kodak import CURVE, KODAK, kodak_images, measure  # noqa: E402
+from bench_common import ROOT, cpu_model
+from rd_kodak import CURVE, KODAK, kodak_images, measure
 
 PREMADE = ROOT / "compressml" / "premade"
 SET5 = (ROOT / ".." / "shared" / "data" / "set5" / "HR").resolve()
@@ -44,8 +44,15 @@ def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = tupl
     for stage in stages:
         start = "init_from=<that run's last.ckpt>" if stage else ("" if quality == 2 else LAE_FINE_TUNE)
         commands.append(f"python train.py experiment=premade/lae_q{quality}{stage} {start}".rstrip())
-    return dict(family="lae", quality=quality, source=runs[-1], earlier=runs[:-1], data=BSD200, recipe="; ".join(commands),
-                description=f"mean-scale hyperprior 64/96, lambda {lmbda}{note}")
+    return dict(
+        family="lae",
+        quality=quality,
+        source=runs[-1],
+        earlier=runs[:-1],
+        data=BSD200,
+        recipe="; ".join(commands),
+        description=f"mean-scale hyperprior 64/96, lambda {lmbda}{note}",
+    )
 
 
 # name -> what it is, where its checkpoint was trained, and how
@@ -54,13 +61,29 @@ SPECS = {
     "lae-q2": lae_spec(2, "0.0067", ""),
     "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)"),
     "lae-q4": lae_spec(4, "0.07", " (best quality)"),
-    "mllae-lossless": dict(family="mllae", source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt", data=BSD200,
-                           recipe="python train.py experiment=premade/mllae_lossless",
-                           description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)"),
-    "red-x2": dict(family="red", scale=2, source="/tmp/compressml-bench/red/fsrcnn-x2.ckpt", data=SR_DATA,
-                   recipe="python train.py experiment=premade/red_x2", description="super-resolution x2 (FSRCNN + bicubic skip)"),
-    "red-x4": dict(family="red", scale=4, source="/tmp/compressml-bench/red/fsrcnn-x4.ckpt", data=SR_DATA,
-                   recipe="python train.py experiment=premade/red_x4", description="super-resolution x4 (FSRCNN + bicubic skip)"),
+    "mllae-lossless": dict(
+        family="mllae",
+        source="/tmp/compressml-bench/mllae/train-lossless/checkpoints/last.ckpt",
+        data=BSD200,
+        recipe="python train.py experiment=premade/mllae_lossless",
+        description="MLLAE-N, 64 bytes per 64x64 block, with its lossless mode (bit-exact residual)",
+    ),
+    "red-x2": dict(
+        family="red",
+        scale=2,
+        source="/tmp/compressml-bench/red/fsrcnn-x2.ckpt",
+        data=SR_DATA,
+        recipe="python train.py experiment=premade/red_x2",
+        description="super-resolution x2 (FSRCNN + bicubic skip)",
+    ),
+    "red-x4": dict(
+        family="red",
+        scale=4,
+        source="/tmp/compressml-bench/red/fsrcnn-x4.ckpt",
+        data=SR_DATA,
+        recipe="python train.py experiment=premade/red_x4",
+        description="super-resolution x4 (FSRCNN + bicubic skip)",
+    ),
 }
 
 
@@ -71,7 +94,7 @@ def run_record(checkpoint: Path) -> dict:
 
     ckpt = read_checkpoint(checkpoint, lazy=True)
     timer = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("Timer")), {})
-    elapsed = (timer.get("time_elapsed") or {})
+    elapsed = timer.get("time_elapsed") or {}
     seconds = sum(float(v) for v in elapsed.values()) if elapsed else None
     run_summary = checkpoint.parent.parent / "summary.json"
     if seconds is None and run_summary.is_file():
@@ -84,8 +107,12 @@ def training_record(checkpoint: Path, data: str, device: str, earlier: tuple[Pat
     the one before with init_from); one entry per run in ``runs`` when there are several."""
     runs = [run_record(path) for path in (*earlier, checkpoint)]
     times = [r["wall_time_s"] for r in runs]
-    record = {"data": data, "steps": sum(r["steps"] for r in runs),
-              "wall_time_s": round(sum(times), 1) if all(times) else None, "device": device}
+    record = {
+        "data": data,
+        "steps": sum(r["steps"] for r in runs),
+        "wall_time_s": round(sum(times), 1) if all(times) else None,
+        "device": device,
+    }
     return {**record, "runs": runs} if earlier else record
 
 
@@ -103,9 +130,10 @@ def measure_lae(names: list[str], images) -> dict[str, dict]:
     bd = result["bd_rate"][CURVE]
     out = {}
     for r in (r for r in result["averages"] if r["codec"] == CURVE):
-        out[r["setting"]] = {"kodak": {"bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2), "ms_ssim": round(r["ms_ssim"], 4),
-                                       "images": r["images"]},
-                             "family_bd_rate_psnr": {k: (round(v["psnr"], 1) if v.get("psnr") is not None else None) for k, v in bd.items()}}
+        out[r["setting"]] = {
+            "kodak": {"bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2), "ms_ssim": round(r["ms_ssim"], 4), "images": r["images"]},
+            "family_bd_rate_psnr": {k: (round(v["psnr"], 1) if v.get("psnr") is not None else None) for k, v in bd.items()},
+        }
         out[r["setting"]]["summary"] = f"Kodak {r['bpp']:.3f} bpp, {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}"
     return out
 
@@ -115,26 +143,33 @@ def measure_mllae(name: str, images) -> dict:
 
     result = run_evaluation([LearnedModel(PREMADE / name, name, name)], images, [], Path("/tmp/compressml-bench/premade-mllae"))
     (r,) = [r for r in result["averages"] if r["codec"] == name]
-    return {"kodak": {"bpsp": round(r["bpsp"], 3), "exact": f"{r['exact']}/{r['images']}", "images": r["images"]},
-            "summary": f"Kodak lossless {r['bpsp']:.3f} bits/sub-pixel, {r['exact']}/{r['images']} bit-exact"}
+    return {
+        "kodak": {"bpsp": round(r["bpsp"], 3), "exact": f"{r['exact']}/{r['images']}", "images": r["images"]},
+        "summary": f"Kodak lossless {r['bpsp']:.3f} bits/sub-pixel, {r['exact']}/{r['images']} bit-exact",
+    }
 
 
 def measure_red(name: str, set5: Path) -> dict:
+    from compressml.codec.upscale import Upscaler
     from compressml.data.images import list_images, load_image
     from compressml.sr_evaluation import BICUBIC, evaluate_sr
-    from compressml.codec.upscale import Upscaler
 
     up = Upscaler.load(PREMADE / name)
     images = [(p.name, load_image(p)) for p in list_images(set5)]
     result = evaluate_sr([(name, lambda lr: up(lr, 256))], images, up.scale)
     ours, bic = result["averages"][name], result["averages"][BICUBIC]
-    return {"set5": {"psnr_y": round(ours["psnr_y"], 2), "ssim_y": round(ours["ssim_y"], 4), "bicubic_psnr_y": round(bic["psnr_y"], 2)},
-            "summary": f"Set5 x{up.scale} Y-PSNR {ours['psnr_y']:.2f} dB (bicubic {bic['psnr_y']:.2f})"}
+    return {
+        "set5": {"psnr_y": round(ours["psnr_y"], 2), "ssim_y": round(ours["ssim_y"], 4), "bicubic_psnr_y": round(bic["psnr_y"], 2)},
+        "summary": f"Set5 x{up.scale} Y-PSNR {ours['psnr_y']:.2f} dB (bicubic {bic['psnr_y']:.2f})",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--set", nargs="+", default=[], metavar="NAME=CKPT", help="another checkpoint for a model")
     p.add_argument("--only", nargs="+", choices=list(SPECS), help="build only these (the others stay as they are)")
     p.add_argument("--images", type=int, default=None, help="first N Kodak images for the figures (default: all 24)")
@@ -156,11 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         spec = SPECS[name]
         print(f"exporting {name} from {sources[name]}", flush=True)
         summary = export(name, sources[name])
-        entries[name] = {"name": name, "family": spec["family"], "bundle": name, "fingerprint": summary["fingerprint"],
-                         **{k: spec[k] for k in ("quality", "scale") if k in spec}, "description": spec["description"],
-                         "recipe": spec["recipe"], "training": training_record(sources[name], spec["data"], args.device,
-                                                                 tuple(Path(e) for e in spec.get("earlier", ()))),
-                         "bytes": sum(summary["files"].values())}
+        entries[name] = {
+            "name": name,
+            "family": spec["family"],
+            "bundle": name,
+            "fingerprint": summary["fingerprint"],
+            **{k: spec[k] for k in ("quality", "scale") if k in spec},
+            "description": spec["description"],
+            "recipe": spec["recipe"],
+            "training": training_record(sources[name], spec["data"], args.device, tuple(Path(e) for e in spec.get("earlier", ()))),
+            "bytes": sum(summary["files"].values()),
+        }
     images = kodak_images(args.kodak, args.images)
     lae = [n for n in SPECS if SPECS[n]["family"] == "lae" and n in entries]
     if any(n in lae for n in names):  # the whole family, for its BD-rates

@@ -250,40 +250,93 @@ def print_table(results: dict) -> None:
     def ms(seconds: float) -> str:
         return f"{1000 * seconds:.1f}"
 
-    table = Table(title=f"Kodak codec speed, ms per image (mean over {results['settings']['images']} images, "
-                  f"median of {results['settings']['repeats']}), {results['machine']['torch_threads']} thread(s)")
-    for col in ("codec", "N/M", "bpp", "PSNR", "enc (a) cml", "enc (b) cai", "enc a/b", "(med)", "(ovh)", "dec (a) cml",
-                "dec (b) cai", "dec a/b", "(med)", "(ovh)", "same bits"):
+    table = Table(
+        title=f"Kodak codec speed, ms per image (mean over {results['settings']['images']} images, "
+        f"median of {results['settings']['repeats']}), {results['machine']['torch_threads']} thread(s)"
+    )
+    for col in (
+        "codec",
+        "N/M",
+        "bpp",
+        "PSNR",
+        "enc (a) cml",
+        "enc (b) cai",
+        "enc a/b",
+        "(med)",
+        "(ovh)",
+        "dec (a) cml",
+        "dec (b) cai",
+        "dec a/b",
+        "(med)",
+        "(ovh)",
+        "same bits",
+    ):
         table.add_column(col, justify="left" if col in ("codec", "N/M") else "right")
     for variant, r in results["variants"].items():
         s, net = r["summary"], r["net"]
         table.add_row(
-            variant, f"{net.get('channels', '?')}/{net.get('latent_channels', '?')}", f"{s['bpp_cml']:.3f}", f"{s['psnr_db']:.2f}",
-            ms(s["a_enc"]), ms(s["b_enc"]), f"{s['encode_ratio']:.3f}", f"{s['encode_ratio_median_per_image']:.3f}",
-            f"{s['encode_ratio_from_overhead']:.4f}", ms(s["a_dec"]), ms(s["b_dec"]), f"{s['decode_ratio']:.3f}",
-            f"{s['decode_ratio_median_per_image']:.3f}", f"{s['decode_ratio_from_overhead']:.4f}",
+            variant,
+            f"{net.get('channels', '?')}/{net.get('latent_channels', '?')}",
+            f"{s['bpp_cml']:.3f}",
+            f"{s['psnr_db']:.2f}",
+            ms(s["a_enc"]),
+            ms(s["b_enc"]),
+            f"{s['encode_ratio']:.3f}",
+            f"{s['encode_ratio_median_per_image']:.3f}",
+            f"{s['encode_ratio_from_overhead']:.4f}",
+            ms(s["a_dec"]),
+            ms(s["b_dec"]),
+            f"{s['decode_ratio']:.3f}",
+            f"{s['decode_ratio_median_per_image']:.3f}",
+            f"{s['decode_ratio_from_overhead']:.4f}",
             "yes" if s["all_strings_identical"] and s["all_reconstructions_identical"] else "NO",
         )
     if "jpeg" in results:
         j = results["jpeg"]["summary"]
-        table.add_row(f"JPEG q{results['jpeg']['quality']} 420", "-", f"{j['bpp']:.3f}", f"{j['psnr_db']:.2f}", ms(j["enc_s"]), "-",
-                      "-", "-", "-", ms(j["dec_s"]), "-", "-", "-", "-", "-")
+        table.add_row(
+            f"JPEG q{results['jpeg']['quality']} 420",
+            "-",
+            f"{j['bpp']:.3f}",
+            f"{j['psnr_db']:.2f}",
+            ms(j["enc_s"]),
+            "-",
+            "-",
+            "-",
+            "-",
+            ms(j["dec_s"]),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+        )
     Console(width=max(Console().width, 200)).print(table)
-    print("(a) cml: compressml encode(...).to_bytes() / parse + decode; (b) cai: CompressAI net.compress / net.decompress "
-          "on the same padded tensor; a/b: ratio of the means (target <= 1.05), (med): median of the per-image ratios, (ovh): 1 + (a)'s own overhead / (b), the overhead timed with "
-          "the network's compress/decompress answering from memory; same bits: identical strings and reconstructions")
-    overhead = ", ".join(f"{v} {ms(r['summary']['overhead_enc'])}/{ms(r['summary']['overhead_dec'])}" for v, r in results["variants"].items())
+    print(
+        "(a) cml: compressml encode(...).to_bytes() / parse + decode; (b) cai: CompressAI net.compress / net.decompress "
+        "on the same padded tensor; a/b: ratio of the means (target <= 1.05), (med): median of the per-image ratios, (ovh): 1 + (a)'s own overhead / (b), the overhead timed with "
+        "the network's compress/decompress answering from memory; same bits: identical strings and reconstructions"
+    )
+    overhead = ", ".join(
+        f"{v} {ms(r['summary']['overhead_enc'])}/{ms(r['summary']['overhead_dec'])}" for v, r in results["variants"].items()
+    )
     print(f"(a)'s overhead, encode/decode ms per image: {overhead}")
     if "png_io" in results:
         io_ = results["png_io"]["summary"]
-        print(f"file I/O the CLI adds per image (not in (a)): PNG read (read_source) {ms(io_['read_s'])} ms, "
-              f"PNG write (to_pil + save) {ms(io_['write_s'])} ms")
+        print(
+            f"file I/O the CLI adds per image (not in (a)): PNG read (read_source) {ms(io_['read_s'])} ms, "
+            f"PNG write (to_pil + save) {ms(io_['write_s'])} ms"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", action="append", default=[], metavar="VARIANT=PATH",
-                   help="a Lightning checkpoint from train.py for VARIANT (repeatable); others are trained briefly and cached")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="VARIANT=PATH",
+        help="a Lightning checkpoint from train.py for VARIANT (repeatable); others are trained briefly and cached",
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--size", default="demo", choices=SIZES, help="channels of the models trained for missing checkpoints")
     p.add_argument("--train-epochs", type=int, default=10, help="epochs of the demo training for missing checkpoints")
@@ -318,15 +371,21 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "codec_speed",
         "machine": machine_info(torch.get_num_threads()),
-        "settings": {"images": len(images), "repeats": args.repeats, "kodak": str(args.kodak),
-                     "timed": {"a_enc": "compressml.codec.lae.encode(net, SourceImage, fingerprint).to_bytes()",
-                               "a_dec": "compressml.codec.container.parse(bytes) + compressml.codec.lae.decode(net, container, fingerprint)",
-                               "b_enc": "net.compress(x_padded) under torch.no_grad()",
-                               "b_dec": "net.decompress(strings, shape) under torch.no_grad()",
-                               "overhead": "a_enc / a_dec with net.compress / net.decompress answering from memory; min of 20",
-                               "png_read": "compressml.codec.files.read_source(path)",
-                               "png_write": "to_pil(original).save(BytesIO, 'PNG')",
-                               "statistic": "median over repeats per image, then mean over images; ratio = mean(a) / mean(b)"}},
+        "settings": {
+            "images": len(images),
+            "repeats": args.repeats,
+            "kodak": str(args.kodak),
+            "timed": {
+                "a_enc": "compressml.codec.lae.encode(net, SourceImage, fingerprint).to_bytes()",
+                "a_dec": "compressml.codec.container.parse(bytes) + compressml.codec.lae.decode(net, container, fingerprint)",
+                "b_enc": "net.compress(x_padded) under torch.no_grad()",
+                "b_dec": "net.decompress(strings, shape) under torch.no_grad()",
+                "overhead": "a_enc / a_dec with net.compress / net.decompress answering from memory; min of 20",
+                "png_read": "compressml.codec.files.read_source(path)",
+                "png_write": "to_pil(original).save(BytesIO, 'PNG')",
+                "statistic": "median over repeats per image, then mean over images; ratio = mean(a) / mean(b)",
+            },
+        },
         "variants": {},
     }
     with Progress(transient=True) as progress:

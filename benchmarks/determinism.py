@@ -185,8 +185,19 @@ def worker(folder: Path, images: list[str], threads: int, inside: str | None, ou
 
 
 def run_worker(folder: Path, images: list[str], threads: int, env: dict, inside: str | None, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "worker", "--folder", str(folder), "--threads", str(threads), "--out", str(out),
-           "--names", *images] + (["--inside", inside] if inside else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "worker",
+        "--folder",
+        str(folder),
+        "--threads",
+        str(threads),
+        "--out",
+        str(out),
+        "--names",
+        *images,
+    ] + (["--inside", inside] if inside else [])
     subprocess.run(cmd, check=True, env={**os.environ, **env}, cwd=ROOT)
     return json.loads(out.with_suffix(".json").read_text())
 
@@ -232,30 +243,48 @@ def main() -> int:
             for name in MODELS:
                 for mode in MODES:
                     keys = [f"{name}.{mode}.{s}" for s in stems]
-                    count = lambda what: int(sum((reference[k + what] != other[k + what]).sum() for k in keys))  # noqa: E731
-                    total = lambda what: int(sum(reference[k + what].size for k in keys))  # noqa: E731
-                    row = {"perturbation": label, "model": name, "mode": mode,
-                           "index_decisions_changed": count(".indexes"), "index_decisions": total(".indexes"),
-                           "means_changed": count(".means"), "means": total(".means"),
-                           "samples_changed": count(".pixels"), "samples": total(".pixels"),
-                           "images_with_changed_samples": sum(bool((reference[k + ".pixels"] != other[k + ".pixels"]).any()) for k in keys)}
+                    count = lambda what: int(sum((reference[k + what] != other[k + what]).sum() for k in keys))
+                    total = lambda what: int(sum(reference[k + what].size for k in keys))
+                    row = {
+                        "perturbation": label,
+                        "model": name,
+                        "mode": mode,
+                        "index_decisions_changed": count(".indexes"),
+                        "index_decisions": total(".indexes"),
+                        "means_changed": count(".means"),
+                        "means": total(".means"),
+                        "samples_changed": count(".pixels"),
+                        "samples": total(".pixels"),
+                        "images_with_changed_samples": sum(bool((reference[k + ".pixels"] != other[k + ".pixels"]).any()) for k in keys),
+                    }
                     rows.append(row)
-                    print(f"{label:<13} {name:<7} {mode:<10} index decisions changed {row['index_decisions_changed']:>6} / "
-                          f"{row['index_decisions']}  means {row['means_changed']:>7} / {row['means']}  samples "
-                          f"{row['samples_changed']:>7} / {row['samples']}", flush=True)
+                    print(
+                        f"{label:<13} {name:<7} {mode:<10} index decisions changed {row['index_decisions_changed']:>6} / "
+                        f"{row['index_decisions']}  means {row['means_changed']:>7} / {row['means']}  samples "
+                        f"{row['samples_changed']:>7} / {row['samples']}",
+                        flush=True,
+                    )
             if not lossless_stems or f"{LOSSLESS}.exact.{lossless_stems[0]}.pixels" not in other.files:
                 continue
             for mode in LOSSLESS_MODES:
                 keys = [f"{LOSSLESS}.{mode}.{s}" for s in lossless_stems]
                 changed = sum(_differences(reference[k + ".indexes"], other[k + ".indexes"]) for k in keys)
-                row = {"perturbation": label, "model": LOSSLESS, "mode": mode, "index_decisions_changed": changed,
-                       "index_decisions": int(sum(reference[k + ".indexes"].size for k in keys)),
-                       "samples_changed": int(sum((reference[k + ".pixels"] != other[k + ".pixels"]).sum() for k in keys)),
-                       "samples": int(sum(reference[k + ".pixels"].size for k in keys)),
-                       "images_with_changed_samples": sum(bool((reference[k + ".pixels"] != other[k + ".pixels"]).any()) for k in keys)}
+                row = {
+                    "perturbation": label,
+                    "model": LOSSLESS,
+                    "mode": mode,
+                    "index_decisions_changed": changed,
+                    "index_decisions": int(sum(reference[k + ".indexes"].size for k in keys)),
+                    "samples_changed": int(sum((reference[k + ".pixels"] != other[k + ".pixels"]).sum() for k in keys)),
+                    "samples": int(sum(reference[k + ".pixels"].size for k in keys)),
+                    "images_with_changed_samples": sum(bool((reference[k + ".pixels"] != other[k + ".pixels"]).any()) for k in keys),
+                }
                 rows.append(row)
-                print(f"{label:<13} {LOSSLESS} {mode:<6} CDF indexes and centres changed {changed:>7} / "
-                      f"{row['index_decisions']}  samples {row['samples_changed']:>7} / {row['samples']}", flush=True)
+                print(
+                    f"{label:<13} {LOSSLESS} {mode:<6} CDF indexes and centres changed {changed:>7} / "
+                    f"{row['index_decisions']}  samples {row['samples_changed']:>7} / {row['samples']}",
+                    flush=True,
+                )
     speed = [{"model": name, "mode": mode, "decode_s_median": ref_times[f"{name}.{mode}"]} for name in MODELS for mode in MODES]
     speed += [{"model": LOSSLESS, "mode": mode, "decode_s_median": ref_times[f"{LOSSLESS}.{mode}"]} for mode in LOSSLESS_MODES]
     for name in MODELS:

@@ -87,8 +87,7 @@ def build_family(name: str):
     if name == "mllae-fixed":
         torch.manual_seed(0)
         net = MLLAE(bytes=16, block=16, channels=8, residual_channels=8).eval()
-        model = CodecModel(net=net, fingerprint=weights_fingerprint(net), source="fuzz", family="mllae",
-                           options={"entropy": "rans"})
+        model = CodecModel(net=net, fingerprint=weights_fingerprint(net), source="fuzz", family="mllae", options={"entropy": "rans"})
         return model, [model.encode(im).to_bytes() for im in images]
     if name == "mllae-lossless":
         model = CodecModel.load(PREMADE / "mllae-lossless")
@@ -114,8 +113,15 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
     elif kind < 0.60:  # a header field
         fields = list(HEADER.unpack_from(body, 0))
         i = rng.choice([1, 2, 3, 5, 6, 7, 8, 9, 10, 11])
-        choices = {5: [0, 1, 63, 65, 4096, 65535, 60000], 6: [0, 1, 63, 65, 4096, 65535, 60000], 7: [0, 1, 2, 3, 4, 5, 255],
-                   8: [0, 1, 8, 16, 255], 9: [0, 1, 63, 65535], 10: [0, 1, 63, 65535], 11: [0, 1, 2, 3, 1024, 65535]}
+        choices = {
+            5: [0, 1, 63, 65, 4096, 65535, 60000],
+            6: [0, 1, 63, 65, 4096, 65535, 60000],
+            7: [0, 1, 2, 3, 4, 5, 255],
+            8: [0, 1, 8, 16, 255],
+            9: [0, 1, 63, 65535],
+            10: [0, 1, 63, 65535],
+            11: [0, 1, 2, 3, 1024, 65535],
+        }
         fields[i] = rng.choice(choices.get(i, [0, 1, 2, 3, 255]))
         if i in (1,):
             fields[i] = min(fields[i], 255)
@@ -174,14 +180,13 @@ def run_case(model, data: bytes, folder: Path) -> tuple[str, str]:
         decompress_file(model, src, dst)
         status, detail = "decoded", ""
         rgb = seen["image"].rgb
-        if (not torch.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 1
-                or tuple(rgb.shape[-2:]) != seen["size"]):
+        if not torch.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 1 or tuple(rgb.shape[-2:]) != seen["size"]:
             status, detail = "out_of_range", f"{tuple(rgb.shape)} [{float(rgb.min())}, {float(rgb.max())}]"
     except CompressMLError as e:
         status, detail = "refused", str(e)
         if "\n" in detail.strip():
             status = "traceback"
-    except Exception as e:  # noqa: BLE001  (what the fuzzer is looking for)
+    except Exception as e:
         import traceback
 
         status, detail = "traceback", "".join(traceback.format_exception_only(type(e), e)).strip()[-500:]
@@ -216,8 +221,7 @@ def _worker(conn, family: str, seeds: list[bytes], model, memory_gib: float) -> 
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def fuzz_family(family: str, cases: int, workers: int = 2, timeout: float = 30.0, memory_gib: float = 2.0,
-                progress: bool = False) -> dict:
+def fuzz_family(family: str, cases: int, workers: int = 2, timeout: float = 30.0, memory_gib: float = 2.0, progress: bool = False) -> dict:
     """Counts of each status over ``cases`` mutated files of ``family``, and a few examples of failures."""
     model, seeds = build_family(family)
     ctx = mp.get_context("fork")
@@ -299,9 +303,12 @@ def main() -> int:
     for family in args.families:
         row = fuzz_family(family, args.cases, args.workers, args.timeout, args.memory, progress=True)
         rows.append(row)
-        print(f"{family:<18} {row['cases']:>6} cases in {row['seconds']:>7.1f} s: decoded {row['decoded']:>5}, refused "
-              f"{row['refused']:>5}; crashes {row['crash']}, hangs {row['hang']}, tracebacks {row['traceback']}, "
-              f"out of range {row['out_of_range']}, leftover files {row['leftover']}", flush=True)
+        print(
+            f"{family:<18} {row['cases']:>6} cases in {row['seconds']:>7.1f} s: decoded {row['decoded']:>5}, refused "
+            f"{row['refused']:>5}; crashes {row['crash']}, hangs {row['hang']}, tracebacks {row['traceback']}, "
+            f"out of range {row['out_of_range']}, leftover files {row['leftover']}",
+            flush=True,
+        )
         for ex in row["examples"][:3]:
             print(f"    case {ex['case']}: {ex['status']}: {ex['detail'][:200]}")
         out = RESULTS / args.out  # after every family: a long run stopped early keeps what it measured

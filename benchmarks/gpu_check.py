@@ -68,7 +68,7 @@ def main() -> int:
     def compare(name: str, mode: str | None, cpu, gpu) -> None:
         try:
             _compare(name, mode, cpu, gpu)
-        except Exception as e:  # noqa: BLE001  (one model's failure is a finding; the others still run)
+        except Exception as e:
             rows.append({"model": name, "mode": mode, "error": f"{type(e).__name__}: {e}"[:500]})
             print(json.dumps(rows[-1]), flush=True)
 
@@ -84,7 +84,7 @@ def main() -> int:
                     t[f"enc_{dev}"].append(ms)
                 same_files += files["cpu"] == files["gpu"]
                 ref = (src.rgb * 255).round()
-                for made, data in files.items():
+                for _made, data in files.items():
                     decoded = {}
                     for dev, m in (("cpu", cpu), ("gpu", gpu)):
                         img, ms = timed(lambda m=m, data=data: m.decode(cml.parse(data)).rgb.cpu())
@@ -93,9 +93,15 @@ def main() -> int:
                     err = {d: float((v - ref).abs().mean()) for d, v in decoded.items()}
                     desync += abs(err["cpu"] - err["gpu"]) > 8 or max(err.values()) > 8 + min(err.values())
                     samples += int((decoded["cpu"] != decoded["gpu"]).sum())
-        row = {"model": name, "mode": mode, "images": len(images), "identical_files_cpu_gpu": same_files,
-               "desynchronised_decodes": desync, "samples_differing_cpu_gpu": samples,
-               **{f"{k}_ms": statistics.median(v) for k, v in t.items()}}
+        row = {
+            "model": name,
+            "mode": mode,
+            "images": len(images),
+            "identical_files_cpu_gpu": same_files,
+            "desynchronised_decodes": desync,
+            "samples_differing_cpu_gpu": samples,
+            **{f"{k}_ms": statistics.median(v) for k, v in t.items()},
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -112,8 +118,7 @@ def main() -> int:
     compare("red-x2+webp", None, hybrid, gpu_hybrid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else args.device
-    args.out.write_text(json.dumps({"device": device, "torch": torch.__version__,
-                                    "rows": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -47,11 +47,25 @@ def make_images(folder: Path, count: int = 6) -> Path:
 
 
 def command(run_dir: Path, data: Path, family: str, steps: int, epoch_steps: int, resume: bool) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "train.py"), "trainer=smoke", "logger=csv", "data=folder", f"data.root={data}",
-           "data.crop_size=64", "data.val_crop_size=64", "data.batch_size=2", "data.num_workers=0",
-           f"trainer.max_steps={steps}", "trainer.max_epochs=-1",
-           f"trainer.limit_train_batches={epoch_steps}", "trainer.limit_val_batches=1", "seed=7",
-           f"hydra.run.dir={run_dir}", *FAMILIES[family]]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "trainer=smoke",
+        "logger=csv",
+        "data=folder",
+        f"data.root={data}",
+        "data.crop_size=64",
+        "data.val_crop_size=64",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=-1",
+        f"trainer.limit_train_batches={epoch_steps}",
+        "trainer.limit_val_batches=1",
+        "seed=7",
+        f"hydra.run.dir={run_dir}",
+        *FAMILIES[family],
+    ]
     if resume:
         cmd.append(f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     return cmd
@@ -62,12 +76,19 @@ def _env() -> dict:
 
 
 def train_unkilled(run_dir: Path, data: Path, family: str, steps: int, epoch_steps: int) -> None:
-    subprocess.run(command(run_dir, data, family, steps, epoch_steps, False), check=True, cwd=ROOT, env=_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command(run_dir, data, family, steps, epoch_steps, False),
+        check=True,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-def train_killed(run_dir: Path, data: Path, family: str, steps: int, epoch_steps: int, kills: int, seed: int = 0,
-                 max_delay: float = 1.0) -> list[dict]:
+def train_killed(
+    run_dir: Path, data: Path, family: str, steps: int, epoch_steps: int, kills: int, seed: int = 0, max_delay: float = 1.0
+) -> list[dict]:
     """Run to the end, killed ``kills`` times; returns what each kill met (step of last.ckpt before and after)."""
     from compressml.checkpoints import read_checkpoint
 
@@ -79,12 +100,17 @@ def train_killed(run_dir: Path, data: Path, family: str, steps: int, epoch_steps
     def step_of_last() -> int:
         try:
             return int(read_checkpoint(last)["global_step"]) if last.exists() else -1
-        except Exception:  # noqa: BLE001  (being replaced at this instant: look again)
+        except Exception:
             return -1
 
     while True:
-        proc = subprocess.Popen(command(run_dir, data, family, steps, epoch_steps, resume), cwd=ROOT, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command(run_dir, data, family, steps, epoch_steps, resume),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if len(events) < kills:
             while proc.poll() is None and step_of_last() <= reached:
                 time.sleep(0.05)  # a checkpoint further on than the last kill's: this attempt made progress
@@ -121,10 +147,13 @@ def compare(a: Path, b: Path) -> dict:
 
     opt_a, opt_b = dict(flat(ca["optimizer_states"])), dict(flat(cb["optimizer_states"]))
     optimizer = [k for k in opt_a if not (torch.equal(opt_a[k], opt_b[k]) if torch.is_tensor(opt_a[k]) else opt_a[k] == opt_b.get(k))]
-    return {"steps": (int(ca["global_step"]), int(cb["global_step"])), "tensors_differing": tensors,
-            "optimizer_entries_differing": optimizer,
-            "schedulers_equal": ca.get("lr_schedulers") == cb.get("lr_schedulers"),
-            "val_metrics": (_last_val(a), _last_val(b))}
+    return {
+        "steps": (int(ca["global_step"]), int(cb["global_step"])),
+        "tensors_differing": tensors,
+        "optimizer_entries_differing": optimizer,
+        "schedulers_equal": ca.get("lr_schedulers") == cb.get("lr_schedulers"),
+        "val_metrics": (_last_val(a), _last_val(b)),
+    }
 
 
 def _last_val(run_dir: Path) -> dict:
@@ -160,17 +189,33 @@ def main() -> int:
     train_unkilled(args.work / "unkilled", data, args.family, args.steps, args.epoch_steps)
     events = train_killed(args.work / "killed", data, args.family, args.steps, args.epoch_steps, args.kills, args.seed)
     result = compare(args.work / "unkilled", args.work / "killed")
-    same = (result["steps"][0] == result["steps"][1] == args.steps and not result["tensors_differing"]
-            and not result["optimizer_entries_differing"] and result["schedulers_equal"]
-            and result["val_metrics"][0] == result["val_metrics"][1])
+    same = (
+        result["steps"][0] == result["steps"][1] == args.steps
+        and not result["tensors_differing"]
+        and not result["optimizer_entries_differing"]
+        and result["schedulers_equal"]
+        and result["val_metrics"][0] == result["val_metrics"][1]
+    )
     for e in events:
         print(f"kill {e['kill']:>2}: last.ckpt loads, at step {e['last_ckpt_step']}")
-    print(f"{args.family}: {len(events)} kills; steps {result['steps']}; tensors differing {len(result['tensors_differing'])}; "
-          f"optimiser entries differing {len(result['optimizer_entries_differing'])}; schedulers equal {result['schedulers_equal']}; "
-          f"final validation equal {result['val_metrics'][0] == result['val_metrics'][1]} -> {'SAME' if same else 'DIFFERENT'}")
+    print(
+        f"{args.family}: {len(events)} kills; steps {result['steps']}; tensors differing {len(result['tensors_differing'])}; "
+        f"optimiser entries differing {len(result['optimizer_entries_differing'])}; schedulers equal {result['schedulers_equal']}; "
+        f"final validation equal {result['val_metrics'][0] == result['val_metrics'][1]} -> {'SAME' if same else 'DIFFERENT'}"
+    )
     out = RESULTS / f"kill_resume_{args.family}.json"
-    write_json({"machine": machine_info(1), "family": args.family, "steps": args.steps, "kills": events,
-                "comparison": result, "same_as_unkilled": same, "seconds": round(time.time() - started, 1)}, out)
+    write_json(
+        {
+            "machine": machine_info(1),
+            "family": args.family,
+            "steps": args.steps,
+            "kills": events,
+            "comparison": result,
+            "same_as_unkilled": same,
+            "seconds": round(time.time() - started, 1),
+        },
+        out,
+    )
     print(f"wrote {out.relative_to(ROOT)}")
     return 0 if same else 1
 

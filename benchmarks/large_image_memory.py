@@ -126,8 +126,15 @@ def run_step(code: str, args: list[str], log: Path, limit_gib: float | None = No
     usage_file = log.with_suffix(".usage.json")
     usage_file.unlink(missing_ok=True)
     with open(log, "w") as out:
-        subprocess.run([sys.executable, "-c", LAUNCHER, str(usage_file), sys.executable, "-c", code, *args], cwd=ROOT, env=env,
-                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(usage_file), sys.executable, "-c", code, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     usage = json.loads(usage_file.read_text())
     text = log.read_text(errors="replace").strip()
     return {
@@ -241,8 +248,9 @@ def bench_model(name: str, ckpt: Path, weights: str, photo: Path, args) -> dict:
     print(f"[{name}] compress (CLI, tiled) ...", flush=True)
     steps["compress"] = run_step(CLI, ["compress", str(photo), "-m", str(ckpt), "-o", str(cml_file), "--force"], work / "compress.log")
     print(f"[{name}] decompress (CLI, tiled) ...", flush=True)
-    steps["decompress"] = run_step(CLI, ["decompress", str(cml_file), "-m", str(ckpt), "-o", str(png_file), "--force"],
-                                   work / "decompress.log")
+    steps["decompress"] = run_step(
+        CLI, ["decompress", str(cml_file), "-m", str(ckpt), "-o", str(png_file), "--force"], work / "decompress.log"
+    )
     side = args.side
     result = {"model": name, "weights": weights, "checkpoint": str(ckpt), "parameters": n_params, "steps": steps}
     if cml_file.is_file():
@@ -253,14 +261,16 @@ def bench_model(name: str, ckpt: Path, weights: str, photo: Path, args) -> dict:
     if args.untiled:
         ucml, upng = work / "photo-untiled.cml", work / "photo-untiled.png"
         print(f"[{name}] compress untiled (limit {args.untiled_limit_gib} GiB address space) ...", flush=True)
-        steps["compress untiled"] = run_step(UNTILED_COMPRESS, [str(photo), str(ucml), str(ckpt)], work / "compress-untiled.log",
-                                             args.untiled_limit_gib)
+        steps["compress untiled"] = run_step(
+            UNTILED_COMPRESS, [str(photo), str(ucml), str(ckpt)], work / "compress-untiled.log", args.untiled_limit_gib
+        )
         if steps["compress untiled"]["ok"] and steps["compress"]["ok"]:
             result["untiled_file_identical"] = ucml.read_bytes() == cml_file.read_bytes()
         if steps["compress"]["ok"]:  # decode the CLI's file untiled: same bits in, compare the pixels
             print(f"[{name}] decompress untiled ...", flush=True)
-            steps["decompress untiled"] = run_step(UNTILED_DECOMPRESS, [str(cml_file), str(upng), str(ckpt)],
-                                                   work / "decompress-untiled.log", args.untiled_limit_gib)
+            steps["decompress untiled"] = run_step(
+                UNTILED_DECOMPRESS, [str(cml_file), str(upng), str(ckpt)], work / "decompress-untiled.log", args.untiled_limit_gib
+            )
             if steps["decompress untiled"]["ok"] and png_file.is_file():
                 result["tiled_vs_untiled_decode"] = compare_pngs(png_file, upng)
         for f in (ucml, upng):
@@ -281,8 +291,15 @@ def print_tables(results: dict) -> None:
         table.add_column(col, justify="right" if col in ("peak RSS (MiB)", "wall (s)", "CPU (s)") else "left")
     for r in results["models"]:
         for i, (step, s) in enumerate(r["steps"].items()):
-            table.add_row(r["model"] if i == 0 else "", r["weights"] if i == 0 else "", step, f"{s['peak_rss_mib']:.0f}",
-                          f"{s['wall_s']:.1f}", f"{s['cpu_s']:.1f}", "yes" if s["ok"] else f"NO ({s['output_tail'][:60]})")
+            table.add_row(
+                r["model"] if i == 0 else "",
+                r["weights"] if i == 0 else "",
+                step,
+                f"{s['peak_rss_mib']:.0f}",
+                f"{s['wall_s']:.1f}",
+                f"{s['cpu_s']:.1f}",
+                "yes" if s["ok"] else f"NO ({s['output_tail'][:60]})",
+            )
     console.print(table)
     for r in results["models"]:
         extra = [f"{r['model']}: {r.get('bytes', '?')} bytes = {r.get('bpp', float('nan')):.4f} bpp, PSNR {r.get('psnr_db', '?')} dB"]
@@ -290,9 +307,11 @@ def print_tables(results: dict) -> None:
             extra.append(f"tiled file == untiled file: {r['untiled_file_identical']}")
         if "tiled_vs_untiled_decode" in r:
             d = r["tiled_vs_untiled_decode"]
-            extra.append(f"tiled vs untiled decode: max |diff| {d['max_abs_diff_levels']} levels, {d['pixels_differing']} pixels differ "
-                         f"({d['differing_within_8px_of_tile_borders']} within 8 px of a tile border, which is "
-                         f"{100 * d['area_fraction_within_8px_of_tile_borders']:.1f}% of the area)")
+            extra.append(
+                f"tiled vs untiled decode: max |diff| {d['max_abs_diff_levels']} levels, {d['pixels_differing']} pixels differ "
+                f"({d['differing_within_8px_of_tile_borders']} within 8 px of a tile border, which is "
+                f"{100 * d['area_fraction_within_8px_of_tile_borders']:.1f}% of the area)"
+            )
         console.print("; ".join(extra))
     for name, s in results["seams"].items():
         console.print(
@@ -338,8 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "large_image_memory",
         "machine": machine_info(),
-        "settings": {"side": args.side, "photo": args.photo, "photo_path": str(photo), "untiled": args.untiled,
-                     "untiled_limit_gib": args.untiled_limit_gib, "peak_rss": "ru_maxrss (os.wait4) of each step's own process, started by a small launcher process"},
+        "settings": {
+            "side": args.side,
+            "photo": args.photo,
+            "photo_path": str(photo),
+            "untiled": args.untiled,
+            "untiled_limit_gib": args.untiled_limit_gib,
+            "peak_rss": "ru_maxrss (os.wait4) of each step's own process, started by a small launcher process",
+        },
         "models": [],
         "seams": {},
     }

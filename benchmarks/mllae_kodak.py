@@ -35,10 +35,23 @@ WORK = Path("/tmp/compressml-bench/mllae")
 BLOCK = 64
 FIXED_BYTES = 3 * BLOCK * BLOCK // 8  # 1/8 of a raw 64x64 RGB block: 1536 bytes, 3 bpp
 MODELS = {
-    "lossless": ["model=mllae/lossless", f"model.block={BLOCK}", "model.bytes=64", "model.channels=32", "model.residual_channels=32",
-                 "model.optimizer.lr=1e-3"],
-    "fixed": ["model=mllae", f"model.block={BLOCK}", f"model.bytes={FIXED_BYTES}", "model.channels=96", "model.quantizer=binary_noise",
-              "model.distortion=l1_ssim", "model.optimizer.lr=5e-4"],
+    "lossless": [
+        "model=mllae/lossless",
+        f"model.block={BLOCK}",
+        "model.bytes=64",
+        "model.channels=32",
+        "model.residual_channels=32",
+        "model.optimizer.lr=1e-3",
+    ],
+    "fixed": [
+        "model=mllae",
+        f"model.block={BLOCK}",
+        f"model.bytes={FIXED_BYTES}",
+        "model.channels=96",
+        "model.quantizer=binary_noise",
+        "model.distortion=l1_ssim",
+        "model.optimizer.lr=5e-4",
+    ],
 }
 
 
@@ -86,8 +99,15 @@ def main() -> int:
     ):
         if name not in checkpoints:
             continue
-        result = run_evaluation([LearnedModel(checkpoints[name], name)], images, codecs, WORK / f"eval-{name}",
-                                compare=[], matched=matched, progress=lambda m: print("evaluating", m, flush=True))
+        result = run_evaluation(
+            [LearnedModel(checkpoints[name], name)],
+            images,
+            codecs,
+            WORK / f"eval-{name}",
+            compare=[],
+            matched=matched,
+            progress=lambda m: print("evaluating", m, flush=True),
+        )
         result["output_dir"] = str(WORK / f"eval-{name}")
         print_report(result)
         results[name] = {
@@ -99,8 +119,12 @@ def main() -> int:
         "kodak_images": len(images),
         "trained_seconds": trained,
         "device": device,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "results": results,
         "seconds": round(time.time() - started, 1),
     }

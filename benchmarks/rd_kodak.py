@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
+from bench_common import RESULTS, ROOT, finish, machine_info
 
 KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
 REFERENCE = (ROOT / ".." / "shared" / "data" / "reference").resolve()
@@ -59,8 +59,16 @@ def measure(models, images, out_dir: Path, codecs=("jpeg-420", "webp"), referenc
     from compressml.evaluation import run_evaluation
 
     refs = [reference / f for f in REFERENCE_FILES if (reference / f).is_file()]
-    return run_evaluation(models, images, available_codecs(list(codecs)), out_dir, reference=refs, compare=list(codecs),
-                          matched=(), progress=lambda msg: print(f"  {msg}", flush=True))
+    return run_evaluation(
+        models,
+        images,
+        available_codecs(list(codecs)),
+        out_dir,
+        reference=refs,
+        compare=list(codecs),
+        matched=(),
+        progress=lambda msg: print(f"  {msg}", flush=True),
+    )
 
 
 def summarise(result: dict) -> dict:
@@ -72,8 +80,10 @@ def summarise(result: dict) -> dict:
     # each further learned curve against the first too (the refined family against the plain one)
     between = bd_rates({n: curves[n] for n in learned[1:]}, {learned[0]: curves[learned[0]]})
     return {
-        "points": [{k: r[k] for k in ("codec", "setting", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")}
-                   for r in sorted(points, key=lambda r: (learned.index(r["codec"]), r["bpp"]))],
+        "points": [
+            {k: r[k] for k in ("codec", "setting", "bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")}
+            for r in sorted(points, key=lambda r: (learned.index(r["codec"]), r["bpp"]))
+        ],
         "bd_rate": {name: {**table, **between.get(name, {})} for name, table in result["bd_rate"].items()},
         "classical": {n: c for n, c in result["curves"].items() if n not in learned},
         "reference": result["reference"],
@@ -84,7 +94,9 @@ def print_tables(results: dict) -> None:
     print(f"\nKodak ({results['images']} images): real files")
     print(f"{'curve':<28} {'model':<10} {'bpp':>7} {'PSNR dB':>8} {'MS-SSIM':>8} {'enc s':>7} {'dec s':>7}")
     for p in results["points"]:
-        print(f"{p['codec']:<28} {p['setting']:<10} {p['bpp']:7.3f} {p['psnr']:8.2f} {p['ms_ssim']:8.4f} {p['encode_s']:7.3f} {p['decode_s']:7.3f}")
+        print(
+            f"{p['codec']:<28} {p['setting']:<10} {p['bpp']:7.3f} {p['psnr']:8.2f} {p['ms_ssim']:8.4f} {p['encode_s']:7.3f} {p['decode_s']:7.3f}"
+        )
     fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"
     for curve, table in results["bd_rate"].items():
         print(f"\nBD-rate of {curve} (negative = fewer bits at equal quality)")
@@ -97,15 +109,23 @@ def print_tables(results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--images", type=int, default=None, help="first N Kodak images (default: all 24)")
     p.add_argument("--kodak", type=Path, default=KODAK)
     p.add_argument("--models", nargs="+", type=Path, help="checkpoints or bundles instead of the premade family")
     p.add_argument("--label", default=None, help="curve name for --models")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
-                   help="also measure the models with STEPS of encoder-side latent refinement (compress --refine)")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also measure the models with STEPS of encoder-side latent refinement (compress --refine)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "rd_kodak.json")
     args = p.parse_args(argv)
     if args.threads:
@@ -125,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     plot = args.out.with_suffix(".png")
     plot.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work / "rd.png", plot)
-    results = {"benchmark": "rd_kodak", "machine": machine_info(), "images": len(images),
-               "models": [str(m.path) for m in models], **summarise(result), "plot": str(plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot)}
+    results = {
+        "benchmark": "rd_kodak",
+        "machine": machine_info(),
+        "images": len(images),
+        "models": [str(m.path) for m in models],
+        **summarise(result),
+        "plot": str(plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot),
+    }
     return finish(results, args.out, print_tables, started)
 
 

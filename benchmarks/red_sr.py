@@ -46,13 +46,13 @@ CROPS = {"gpu": {2: 96, 3: 144, 4: 192}, "cpu": {2: 64, 3: 96, 4: 128}}  # HR pi
 VAL_CROP = 128
 # Y-PSNR dB, from ../shared/data/README.md: bicubic, FSRCNN (Dong et al. 2016), EDSR-baseline (Lim et al. 2017)
 PUBLISHED = {
-    "set5": {"bicubic": {"x2": 33.66, "x3": 30.39, "x4": 28.42}, "fsrcnn": {"x2": 37.00},
-             "edsr": {"x2": 37.98, "x3": 34.37, "x4": 32.09}},
-    "set14": {"bicubic": {"x2": 30.24, "x3": 27.55, "x4": 26.00}, "fsrcnn": {"x2": 32.63},
-              "edsr": {"x2": 33.57, "x3": 30.28, "x4": 28.58}},
+    "set5": {"bicubic": {"x2": 33.66, "x3": 30.39, "x4": 28.42}, "fsrcnn": {"x2": 37.00}, "edsr": {"x2": 37.98, "x3": 34.37, "x4": 32.09}},
+    "set14": {"bicubic": {"x2": 30.24, "x3": 27.55, "x4": 26.00}, "fsrcnn": {"x2": 32.63}, "edsr": {"x2": 33.57, "x3": 30.28, "x4": 28.58}},
 }
-PUBLISHED_NOTE = ("Y-PSNR dB, crop_border = scale, LR made with MATLAB imresize (bicubic); FSRCNN and EDSR-baseline "
-                  "as published (trained on T91+General100 / DIV2K for days); ESPCN: none on this protocol")
+PUBLISHED_NOTE = (
+    "Y-PSNR dB, crop_border = scale, LR made with MATLAB imresize (bicubic); FSRCNN and EDSR-baseline "
+    "as published (trained on T91+General100 / DIV2K for days); ESPCN: none on this protocol"
+)
 
 
 def per_scale(values: list[int] | None, default: dict[int, int], scales: list[int], what: str) -> dict[int, int]:
@@ -77,8 +77,9 @@ def train_model(arch: str, scale: int, args, device: str, crop: int, batch: int,
     extra = [f"seed={args.seed}", "trainer.min_epochs=0", f"data.num_workers={workers}"]
     print(f"training {name} for {args.minutes} min on {device} (crop {crop}, batch {batch})", flush=True)
     t0 = time.perf_counter()
-    summary = train_timed(model, out_dir, args.train_root, args.minutes, device, crop, batch,
-                          repeat=args.repeat, val_crop=VAL_CROP, extra=extra)
+    summary = train_timed(
+        model, out_dir, args.train_root, args.minutes, device, crop, batch, repeat=args.repeat, val_crop=VAL_CROP, extra=extra
+    )
     seconds = time.perf_counter() - t0
     last = summary["last_checkpoint"]
     if not last or not Path(last).is_file():
@@ -88,9 +89,17 @@ def train_model(arch: str, scale: int, args, device: str, crop: int, batch: int,
     return {
         "checkpoint": str(dest),
         "training_seconds": round(seconds, 1),
-        "data": {"root": str(args.train_root), "split": "ratio 0.05", "crop": crop, "batch": batch, "repeat": args.repeat,
-                 "val_crop": VAL_CROP, "train_images": summary["train_images"], "val_images": summary["val_images"],
-                 "skipped_images": summary["skipped_images"]},
+        "data": {
+            "root": str(args.train_root),
+            "split": "ratio 0.05",
+            "crop": crop,
+            "batch": batch,
+            "repeat": args.repeat,
+            "val_crop": VAL_CROP,
+            "train_images": summary["train_images"],
+            "val_images": summary["val_images"],
+            "skipped_images": summary["skipped_images"],
+        },
     }
 
 
@@ -106,8 +115,13 @@ def describe_checkpoint(path: Path, arch: str, scale: int) -> dict:
     hp = ckpt.get("hyper_parameters") or {}
     if hp.get("family") != "red" or hp.get("arch") != arch or hp.get("scale") != scale:
         raise SystemExit(f"{path}: a {hp.get('family')} {hp.get('arch')} x{hp.get('scale')} checkpoint, not red {arch} x{scale}")
-    return {"steps": ckpt.get("global_step"), "epochs": ckpt.get("epoch"), "lr": (hp.get("optimizer") or {}).get("lr"),
-            "global_skip": hp.get("global_skip"), "loss": hp.get("loss")}
+    return {
+        "steps": ckpt.get("global_step"),
+        "epochs": ckpt.get("epoch"),
+        "lr": (hp.get("optimizer") or {}).get("lr"),
+        "global_skip": hp.get("global_skip"),
+        "loss": hp.get("loss"),
+    }
 
 
 def print_tables(results: dict) -> None:
@@ -137,33 +151,56 @@ def print_tables(results: dict) -> None:
                 row += [cell(r["averages"]), pub(arch, s), f"{r['megapixels_per_s']:.2f}"]
             table.add_row(*row)
         console.print(table)
-    print(f"ours: Y-PSNR dB / Y-SSIM (crop_border = scale); pub: published Y-PSNR dB; MP/s: output megapixels/s on the CPU, "
-          f"{results['machine']['torch_threads']} threads, tile {results['settings']['tile']}")
-    print("training per model: " + ", ".join(
-        f"{name} {m['steps']} steps" + (f" in {m['training_seconds']:.0f} s" if m["training_seconds"] is not None else " (given)")
-        for name, m in results["models"].items()))
+    print(
+        f"ours: Y-PSNR dB / Y-SSIM (crop_border = scale); pub: published Y-PSNR dB; MP/s: output megapixels/s on the CPU, "
+        f"{results['machine']['torch_threads']} threads, tile {results['settings']['tile']}"
+    )
+    print(
+        "training per model: "
+        + ", ".join(
+            f"{name} {m['steps']} steps" + (f" in {m['training_seconds']:.0f} s" if m["training_seconds"] is not None else " (given)")
+            for name, m in results["models"].items()
+        )
+    )
     trained = any(m["training_seconds"] is not None for m in results["models"].values())
-    print(f"published: {PUBLISHED_NOTE}; ours: LR from compressml's antialiased bicubic (torch), models "
-          + (f"trained {results['settings']['minutes']} min each on {results['device']}" if trained else "from given checkpoints"))
+    print(
+        f"published: {PUBLISHED_NOTE}; ours: LR from compressml's antialiased bicubic (torch), models "
+        + (f"trained {results['settings']['minutes']} min each on {results['device']}" if trained else "from given checkpoints")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "), epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--scales", nargs="+", type=int, default=list(SCALES), choices=SCALES)
     p.add_argument("--minutes", type=float, default=3.0, help="training time per model (default: 3)")
-    p.add_argument("--crop", nargs="+", type=int, help="HR training crop: one for every scale or one per scale "
-                   "(default: 96 144 192 on GPU, 64 96 128 on CPU)")
+    p.add_argument(
+        "--crop",
+        nargs="+",
+        type=int,
+        help="HR training crop: one for every scale or one per scale (default: 96 144 192 on GPU, 64 96 128 on CPU)",
+    )
     p.add_argument("--batch", nargs="+", type=int, help="training batch: one or one per scale (default: 16)")
     p.add_argument("--lr", type=float, help="learning rate for every model (default: the config's, espcn/fsrcnn 1e-3, edsr 1e-4)")
-    p.add_argument("--repeat", type=int, default=50, help="data.repeat: passes over the training images per epoch, "
-                   "so that validation (once per epoch) is rare (default: 50)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=50,
+        help="data.repeat: passes over the training images per epoch, so that validation (once per epoch) is rare (default: 50)",
+    )
     p.add_argument("--workers", type=int, help="data loader workers (default: 2 on CPU, up to 8 on GPU)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--premade", action="store_true", help="evaluate the premade red-x2 / red-x4 bundles (FSRCNN) instead of training")
-    p.add_argument("--checkpoints", type=Path, metavar="DIR",
-                   help="use DIR/<arch>-x<s>.ckpt where present (no training); models missing there are trained")
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        metavar="DIR",
+        help="use DIR/<arch>-x<s>.ckpt where present (no training); models missing there are trained",
+    )
     p.add_argument("--train-root", type=Path, default=TRAIN, help=f"training images (default: {TRAIN})")
     p.add_argument("--set5", type=Path, default=DATASETS["set5"])
     p.add_argument("--set14", type=Path, default=DATASETS["set14"])
@@ -176,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from compressml.codec.upscale import DEFAULT_TILE, Upscaler
     from compressml.data.images import list_images, load_image
     from compressml.sr_evaluation import BICUBIC, evaluate_sr
-    from compressml.codec.upscale import DEFAULT_TILE, Upscaler
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     crops = per_scale(args.crop, CROPS[device], scales, "crop")
@@ -190,10 +227,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(torch.get_num_threads()),
         "device": device,
         "evaluation_device": "cpu",
-        "settings": {"archs": archs, "scales": scales, "minutes": args.minutes, "lr": args.lr or "config", "seed": args.seed,
-                     "train_root": str(args.train_root), "tile": DEFAULT_TILE, "checkpoints": str(args.checkpoints or WORK),
-                     "metrics": "compressml.sr_evaluation.evaluate_sr: Y (BT.601) PSNR and SSIM, crop_border = scale, "
-                                "8-bit outputs; LR = compressml.models.red.downscale (antialiased bicubic)"},
+        "settings": {
+            "archs": archs,
+            "scales": scales,
+            "minutes": args.minutes,
+            "lr": args.lr or "config",
+            "seed": args.seed,
+            "train_root": str(args.train_root),
+            "tile": DEFAULT_TILE,
+            "checkpoints": str(args.checkpoints or WORK),
+            "metrics": "compressml.sr_evaluation.evaluate_sr: Y (BT.601) PSNR and SSIM, crop_border = scale, "
+            "8-bit outputs; LR = compressml.models.red.downscale (antialiased bicubic)",
+        },
         "datasets": {},
         "models": {},
         "published": PUBLISHED,
@@ -212,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                 if given is not None:
                     print(f"no {given}: training {name}", flush=True)
                 entry = train_model(arch, scale, args, device, crops[scale], batches[scale], workers)
-            results["models"][name] = {"arch": arch, "scale": scale, **entry,
-                                       **describe_checkpoint(Path(entry["checkpoint"]), arch, scale), "results": {}}
+            results["models"][name] = {
+                "arch": arch,
+                "scale": scale,
+                **entry,
+                **describe_checkpoint(Path(entry["checkpoint"]), arch, scale),
+                "results": {},
+            }
 
     for ds, root in (("set5", args.set5), ("set14", args.set14)):
         images = [(path.name, load_image(path)) for path in list_images(root)]
@@ -231,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             for arch in archs:
                 averages = result["averages"][arch]
                 results["models"][f"{arch}-x{scale}"]["results"][ds] = {
-                    "averages": averages, "megapixels_per_s": result["megapixels_per_s"][arch],
+                    "averages": averages,
+                    "megapixels_per_s": result["megapixels_per_s"][arch],
                     "psnr_y_gain_over_bicubic_db": averages["psnr_y"] - base["psnr_y"],
                     "output_dir": str(WORK / f"eval-{ds}-x{scale}"),
                 }

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
+from bench_common import RESULTS, ROOT, finish, machine_info
 
 KODAK = (ROOT / ".." / "shared" / "data" / "kodak").resolve()
 
@@ -50,7 +50,9 @@ def print_tables(results: dict) -> None:
     for r in results["rows"]:
         base.setdefault(r["model"], r["objective"])
         change = 100 * (r["objective"] / base[r["model"]] - 1)
-        print(f"{r['model']:<8} {r['steps']:>6} {r['bpp']:7.4f} {r['psnr']:8.2f} {r['objective']:11.4f} {change:+6.1f}% {r['encode_s']:7.2f}")
+        print(
+            f"{r['model']:<8} {r['steps']:>6} {r['bpp']:7.4f} {r['psnr']:8.2f} {r['objective']:11.4f} {change:+6.1f}% {r['encode_s']:7.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         for steps in sorted(set(args.steps)):
             rows.append(measure(model, name, steps, images))
             print(f"  {name} --refine {steps}: {rows[-1]['bpp']:.4f} bpp, {rows[-1]['psnr']:.2f} dB", flush=True)
-    results = {"benchmark": "refine_steps", "machine": machine_info(args.threads), "images": len(images),
-               "image_names": [q.name for q in paths], "rows": rows}
+    results = {
+        "benchmark": "refine_steps",
+        "machine": machine_info(args.threads),
+        "images": len(images),
+        "image_names": [q.name for q in paths],
+        "rows": rows,
+    }
     return finish(results, args.out, print_tables, started)
 
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, finish, machine_info  # noqa: E402
-from train_throughput import lightning_images_per_s, make_system, throughput_parser  # noqa: E402
+from bench_common import RESULTS, finish, machine_info
+from train_throughput import lightning_images_per_s, make_system, throughput_parser
 
 # (label, data options, system options, trainer precision): each row adds one option
 SETTINGS = [
@@ -61,22 +61,33 @@ def fidelity(batch, lmbda: float = 0.0067) -> dict:
 
     bpp32, mse32, g32 = run(False)
     bpp16, mse16, g16 = run(True)
-    return {"bpp_float32": bpp32, "bpp_bf16": bpp16, "mse_float32": mse32, "mse_bf16": mse16,
-            "gradient_cosine": torch.nn.functional.cosine_similarity(g32, g16, dim=0).item(),
-            "gradient_norm_ratio": (g16.norm() / g32.norm()).item()}
+    return {
+        "bpp_float32": bpp32,
+        "bpp_bf16": bpp16,
+        "mse_float32": mse32,
+        "mse_bf16": mse16,
+        "gradient_cosine": torch.nn.functional.cosine_similarity(g32, g16, dim=0).item(),
+        "gradient_norm_ratio": (g16.norm() / g32.norm()).item(),
+    }
 
 
 def print_tables(results: dict) -> None:
     s = results["settings"]
-    print(f"\nLAE training speed options, {s['model']} batch {s['batch']} crop {s['crop']} on {results['device']} "
-          f"({s['steps']} timed steps, median of {s['rounds']})")
+    print(
+        f"\nLAE training speed options, {s['model']} batch {s['batch']} crop {s['crop']} on {results['device']} "
+        f"({s['steps']} timed steps, median of {s['rounds']})"
+    )
     print(f"{'setting':<28} {'images/s':>9} {'steps/s':>8} {'speed-up':>9}")
     first = results["rows"][0]["images_per_s"]
     for row in results["rows"]:
-        print(f"{row['setting']:<28} {row['images_per_s']:9.1f} {row['images_per_s'] / s['batch']:8.2f} {row['images_per_s'] / first:8.2f}x")
+        print(
+            f"{row['setting']:<28} {row['images_per_s']:9.1f} {row['images_per_s'] / s['batch']:8.2f} {row['images_per_s'] / first:8.2f}x"
+        )
     f = results["fidelity"]
-    print(f"bf16-mixed vs float32 on lae-q2: bpp {f['bpp_bf16']:.4f} vs {f['bpp_float32']:.4f}, "
-          f"MSE {f['mse_bf16']:.6f} vs {f['mse_float32']:.6f}, gradient cosine {f['gradient_cosine']:.4f}")
+    print(
+        f"bf16-mixed vs float32 on lae-q2: bpp {f['bpp_bf16']:.4f} vs {f['bpp_float32']:.4f}, "
+        f"MSE {f['mse_bf16']:.6f} vs {f['mse_float32']:.6f}, gradient cosine {f['gradient_cosine']:.4f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,22 +103,50 @@ def main(argv: list[str] | None = None) -> int:
     for label, data, options, precision in SETTINGS:
         key = tuple(sorted(data.items()))
         if key not in modules:
-            modules[key] = ImageFolderDataModule(root=args.train_root, split="ratio", val_ratio=0.05, batch_size=args.batch,
-                                                 crop_size=args.crop, val_crop_size=args.crop, repeat=20, **data)
+            modules[key] = ImageFolderDataModule(
+                root=args.train_root,
+                split="ratio",
+                val_ratio=0.05,
+                batch_size=args.batch,
+                crop_size=args.crop,
+                val_crop_size=args.crop,
+                repeat=20,
+                **data,
+            )
             modules[key].setup("fit")
         speeds = []
         for _ in range(args.rounds):
             system = make_system(64, 96, seed=0, **options)  # the same seed: the same initial weights
-            speeds.append(lightning_images_per_s(system, modules[key], args.steps, args.warmup,
-                                                 "gpu" if device == "cuda" else "cpu", precision))
-        rows.append({"setting": label, "data": data, "model": options, "precision": precision,
-                     "rounds": speeds, "images_per_s": statistics.median(speeds)})
+            speeds.append(
+                lightning_images_per_s(system, modules[key], args.steps, args.warmup, "gpu" if device == "cuda" else "cpu", precision)
+            )
+        rows.append(
+            {
+                "setting": label,
+                "data": data,
+                "model": options,
+                "precision": precision,
+                "rounds": speeds,
+                "images_per_s": statistics.median(speeds),
+            }
+        )
         print(f"{label}: {rows[-1]['images_per_s']:.1f} images/s", flush=True)
     batch = next(iter(next(iter(modules.values())).train_dataloader()))[: args.batch]
-    results = {"benchmark": "train_options", "machine": machine_info(), "device": device,
-               "settings": {"model": "mean_scale 64/96", "batch": args.batch, "crop": args.crop, "steps": args.steps,
-                            "rounds": args.rounds, "data": str(args.train_root)},
-               "rows": rows, "fidelity": fidelity(batch)}
+    results = {
+        "benchmark": "train_options",
+        "machine": machine_info(),
+        "device": device,
+        "settings": {
+            "model": "mean_scale 64/96",
+            "batch": args.batch,
+            "crop": args.crop,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "data": str(args.train_root),
+        },
+        "rows": rows,
+        "fidelity": fidelity(batch),
+    }
     return finish(results, args.out, print_tables, started)
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, ROOT, finish, machine_info  # noqa: E402
+from bench_common import RESULTS, ROOT, finish, machine_info
 
 TRAIN = (ROOT / ".." / "shared" / "data" / "train" / "bsd200").resolve()
 
@@ -37,10 +37,15 @@ def make_system(channels: int, latent: int, seed: int, **options):
     from compressml.systems import LAESystem
 
     torch.manual_seed(seed)
-    return LAESystem(net={"arch": "mean_scale", "channels": channels, "latent_channels": latent},
-                     g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.0067},
-                     optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4}, scheduler=None, log_images=0, real_bpp_images=0,
-                     **options)
+    return LAESystem(
+        net={"arch": "mean_scale", "channels": channels, "latent_channels": latent},
+        g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.0067},
+        optimizer={"_target_": "torch.optim.Adam", "lr": 1e-4},
+        scheduler=None,
+        log_images=0,
+        real_bpp_images=0,
+        **options,
+    )
 
 
 class _StepTimer:
@@ -69,9 +74,21 @@ def lightning_images_per_s(system, datamodule, steps: int, warmup: int, device: 
 
     timer = _StepTimer(warmup)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(accelerator=device, devices=1, precision=precision, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
-                             num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, logger=CSVLogger(tmp), log_every_n_steps=10, callbacks=[timer.callback])
+        trainer = pl.Trainer(
+            accelerator=device,
+            devices=1,
+            precision=precision,
+            max_steps=warmup + steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=CSVLogger(tmp),
+            log_every_n_steps=10,
+            callbacks=[timer.callback],
+        )
         trainer.fit(system, datamodule=datamodule)
     return steps * datamodule.batch_size / (timer.end - timer.start)
 
@@ -102,8 +119,10 @@ def bare_images_per_s(system, loader, steps: int, warmup: int, device: str) -> f
 
 
 def print_tables(results: dict) -> None:
-    print(f"\nTraining throughput, {results['settings']['model']} batch {results['settings']['batch']} "
-          f"crop {results['settings']['crop']} on {results['device']} ({results['settings']['steps']} timed steps, median of {len(results['rounds'])})")
+    print(
+        f"\nTraining throughput, {results['settings']['model']} batch {results['settings']['batch']} "
+        f"crop {results['settings']['crop']} on {results['device']} ({results['settings']['steps']} timed steps, median of {len(results['rounds'])})"
+    )
     print(f"{'':<12} {'images/s':>9}")
     print(f"{'Lightning':<12} {results['lightning_images_per_s']:9.2f}")
     print(f"{'bare loop':<12} {results['bare_images_per_s']:9.2f}")
@@ -112,8 +131,11 @@ def print_tables(results: dict) -> None:
 
 def throughput_parser(doc: str, out: Path, rounds: int) -> argparse.ArgumentParser:
     """The options every training-throughput benchmark takes (steps, warm-up, rounds, batch, crop, data, output)."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0].replace("\n", " "), epilog=doc.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0].replace("\n", " "),
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=rounds)
@@ -136,8 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dm = ImageFolderDataModule(root=args.train_root, split="ratio", val_ratio=0.05, batch_size=args.batch, crop_size=args.crop,
-                               val_crop_size=args.crop, num_workers=args.workers, repeat=20)
+    dm = ImageFolderDataModule(
+        root=args.train_root,
+        split="ratio",
+        val_ratio=0.05,
+        batch_size=args.batch,
+        crop_size=args.crop,
+        val_crop_size=args.crop,
+        num_workers=args.workers,
+        repeat=20,
+    )
     dm.setup("fit")
     base = make_system(args.channels, args.latent, seed=0)
     rounds = []
@@ -154,10 +184,24 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append(row)
     lightning = statistics.median(r["lightning"] for r in rounds)
     bare = statistics.median(r["bare"] for r in rounds)
-    results = {"benchmark": "train_throughput", "machine": machine_info(), "device": device,
-               "settings": {"model": f"mean_scale {args.channels}/{args.latent}", "batch": args.batch, "crop": args.crop,
-                            "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "data": str(args.train_root)},
-               "rounds": rounds, "lightning_images_per_s": lightning, "bare_images_per_s": bare, "ratio": lightning / bare}
+    results = {
+        "benchmark": "train_throughput",
+        "machine": machine_info(),
+        "device": device,
+        "settings": {
+            "model": f"mean_scale {args.channels}/{args.latent}",
+            "batch": args.batch,
+            "crop": args.crop,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "workers": args.workers,
+            "data": str(args.train_root),
+        },
+        "rounds": rounds,
+        "lightning_images_per_s": lightning,
+        "bare_images_per_s": bare,
+        "ratio": lightning / bare,
+    }
     return finish(results, args.out, print_tables, started)
 
 

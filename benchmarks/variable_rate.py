@@ -105,31 +105,47 @@ def main() -> int:
             for base, region in pairs:
                 u_data, u_decoded, _ = code(model.at(base))
                 size = len(u_data)
-                entry = {"base": base, "region_quality": region,
-                         "uniform": {"bytes": size, "psnr_inside": _psnr(u_decoded, x, inside), "psnr_outside": _psnr(u_decoded, x, ~inside)}}
+                entry = {
+                    "base": base,
+                    "region_quality": region,
+                    "uniform": {"bytes": size, "psnr_inside": _psnr(u_decoded, x, inside), "psnr_outside": _psnr(u_decoded, x, ~inside)},
+                }
                 try:
-                    container, chosen = encode_image(model, image, RateRequest(target="max_bytes", value=size, roi=mask_path,
-                                                                               roi_quality=region))
+                    container, chosen = encode_image(
+                        model, image, RateRequest(target="max_bytes", value=size, roi=mask_path, roi_quality=region)
+                    )
                 except RateControlError:
                     entry["roi"] = None  # even background quality 0 is too large
                 else:
                     roi_data = container.to_bytes()
                     roi_decoded = model.decode(cml.parse(roi_data)).rgb
-                    entry["roi"] = {"background": chosen["rung"], "passes": chosen["passes"], "bytes": len(roi_data),
-                                    "psnr_inside": _psnr(roi_decoded, x, inside), "psnr_outside": _psnr(roi_decoded, x, ~inside)}
+                    entry["roi"] = {
+                        "background": chosen["rung"],
+                        "passes": chosen["passes"],
+                        "bytes": len(roi_data),
+                        "psnr_inside": _psnr(roi_decoded, x, inside),
+                        "psnr_outside": _psnr(roi_decoded, x, ~inside),
+                    }
                     entry["inside_gain_db"] = entry["roi"]["psnr_inside"] - entry["uniform"]["psnr_inside"]
                     entry["outside_loss_db"] = entry["uniform"]["psnr_outside"] - entry["roi"]["psnr_outside"]
                 row["roi"].append(entry)
             rows.append(row)
-            roi_text = " ".join(f"q{e['base']:g}/r{e['region_quality']:g} " + ("n/a" if e["roi"] is None else f"{e['inside_gain_db']:+.2f}")
-                                for e in row["roi"])
-            print(f"{path.stem}: q50 {8 * mid_size / (h * w):.3f} bpp {mid_psnr:.2f} dB | max-bytes {control['max_bytes']['passes']} passes "
-                  f"{control['max_bytes']['bytes']}/{control['max_bytes']['target']} B | bpp {control['bpp']['achieved']:.3f} | "
-                  f"psnr {control['psnr']['achieved']:.2f}/{control['psnr']['target']} | ROI inside dB: {roi_text}", flush=True)
+            roi_text = " ".join(
+                f"q{e['base']:g}/r{e['region_quality']:g} " + ("n/a" if e["roi"] is None else f"{e['inside_gain_db']:+.2f}")
+                for e in row["roi"]
+            )
+            print(
+                f"{path.stem}: q50 {8 * mid_size / (h * w):.3f} bpp {mid_psnr:.2f} dB | max-bytes {control['max_bytes']['passes']} passes "
+                f"{control['max_bytes']['bytes']}/{control['max_bytes']['target']} B | bpp {control['bpp']['achieved']:.3f} | "
+                f"psnr {control['psnr']['achieved']:.2f}/{control['psnr']['target']} | ROI inside dB: {roi_text}",
+                flush=True,
+            )
     n = len(rows)
     summary = {
-        "curve": [{"quality": q, "bpp": sum(r["curve"][i]["bpp"] for r in rows) / n,
-                   "psnr": sum(r["curve"][i]["psnr"] for r in rows) / n} for i, q in enumerate(CURVE)],
+        "curve": [
+            {"quality": q, "bpp": sum(r["curve"][i]["bpp"] for r in rows) / n, "psnr": sum(r["curve"][i]["psnr"] for r in rows) / n}
+            for i, q in enumerate(CURVE)
+        ],
         "roi": [_roi_summary(rows, i) for i in range(len(pairs))],
         "max_bytes_passes_mean": sum(r["rate_control"]["max_bytes"]["passes"] for r in rows) / n,
         "max_bytes_all_within": all(r["rate_control"]["max_bytes"]["bytes"] <= r["rate_control"]["max_bytes"]["target"] for r in rows),
@@ -139,12 +155,16 @@ def main() -> int:
     }
     print("curve: " + ", ".join(f"q{c['quality']} {c['bpp']:.3f} bpp {c['psnr']:.2f} dB" for c in summary["curve"]))
     for e in summary["roi"]:
-        print(f"ROI, uniform q{e['base']:g} vs region q{e['region_quality']:g}: fits on {e['fits']}/{n} images; inside "
-              f"{e['inside_gain_db_mean']:+.2f} dB on average (min {e['inside_gain_db_min']:+.2f}), outside "
-              f"{-e['outside_loss_db_mean']:+.2f} dB, at {e['size_ratio_mean']:.3f} of the uniform size")
-    print(f"rate control: max-bytes {summary['max_bytes_passes_mean']:.1f} passes, "
-          f"all within: {summary['max_bytes_all_within']}; bpp error {summary['bpp_abs_error_mean']:.3f}; psnr reached: "
-          f"{summary['psnr_all_reached']} in {summary['psnr_passes_mean']:.1f} passes")
+        print(
+            f"ROI, uniform q{e['base']:g} vs region q{e['region_quality']:g}: fits on {e['fits']}/{n} images; inside "
+            f"{e['inside_gain_db_mean']:+.2f} dB on average (min {e['inside_gain_db_min']:+.2f}), outside "
+            f"{-e['outside_loss_db_mean']:+.2f} dB, at {e['size_ratio_mean']:.3f} of the uniform size"
+        )
+    print(
+        f"rate control: max-bytes {summary['max_bytes_passes_mean']:.1f} passes, "
+        f"all within: {summary['max_bytes_all_within']}; bpp error {summary['bpp_abs_error_mean']:.3f}; psnr reached: "
+        f"{summary['psnr_all_reached']} in {summary['psnr_passes_mean']:.1f} passes"
+    )
     write_json({"machine": machine_info(args.threads), "model": str(args.model), "images": n, "summary": summary, "rows": rows}, OUT)
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
@@ -154,11 +174,15 @@ def _roi_summary(rows: list, i: int) -> dict:
     entries = [r["roi"][i] for r in rows]
     done = [e for e in entries if e["roi"] is not None]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-    return {"base": entries[0]["base"], "region_quality": entries[0]["region_quality"], "fits": len(done),
-            "inside_gain_db_mean": mean([e["inside_gain_db"] for e in done]),
-            "inside_gain_db_min": min((e["inside_gain_db"] for e in done), default=float("nan")),
-            "outside_loss_db_mean": mean([e["outside_loss_db"] for e in done]),
-            "size_ratio_mean": mean([e["roi"]["bytes"] / e["uniform"]["bytes"] for e in done])}
+    return {
+        "base": entries[0]["base"],
+        "region_quality": entries[0]["region_quality"],
+        "fits": len(done),
+        "inside_gain_db_mean": mean([e["inside_gain_db"] for e in done]),
+        "inside_gain_db_min": min((e["inside_gain_db"] for e in done), default=float("nan")),
+        "outside_loss_db_mean": mean([e["outside_loss_db"] for e in done]),
+        "size_ratio_mean": mean([e["roi"]["bytes"] / e["uniform"]["bytes"] for e in done]),
+    }
 
 
 if __name__ == "__main__":

@@ -3,15 +3,14 @@
 The library is importable from plain Python; Hydra and Lightning only drive it.
 """
 
-import warnings
-
-# compressai scripts its entropy coder at import; recent torch calls that deprecated. Not actionable here.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
-
 import sys
+import warnings
 
 from compressml import _imports
 from compressml.errors import CompressMLError, ConfigError, DataError
+
+# compressai scripts its entropy coder at import; recent torch calls that deprecated. Not actionable here.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
 
 _imports.install()  # CompressAI's point-cloud parts load when used, not at import (see _imports)
 

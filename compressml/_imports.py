@@ -109,8 +109,26 @@ def _reading(name: str):
     return read
 
 
-for _name in ("__getitem__", "__contains__", "__iter__", "__len__", "__repr__", "__eq__", "__ne__", "__or__", "__ror__",
-              "__reversed__", "get", "keys", "values", "items", "copy", "pop", "popitem", "setdefault"):
+for _name in (
+    "__getitem__",
+    "__contains__",
+    "__iter__",
+    "__len__",
+    "__repr__",
+    "__eq__",
+    "__ne__",
+    "__or__",
+    "__ror__",
+    "__reversed__",
+    "get",
+    "keys",
+    "values",
+    "items",
+    "copy",
+    "pop",
+    "popitem",
+    "setdefault",
+):
     setattr(LazyTransforms, _name, _reading(_name))
 LazyTransforms.__hash__ = None  # type: ignore[assignment]
 

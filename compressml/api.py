@@ -74,8 +74,10 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
     if a.dtype == np.uint16 and a.ndim == 2:
         return Image.fromarray(np.ascontiguousarray(a))
     if a.dtype != np.uint8:
-        raise DataError(f"an image array is uint8 (or uint16 grey), got {a.dtype}: convert it first, e.g. "
-                        "(x * 255).round().astype('uint8') for floats in [0, 1]")
+        raise DataError(
+            f"an image array is uint8 (or uint16 grey), got {a.dtype}: convert it first, e.g. "
+            "(x * 255).round().astype('uint8') for floats in [0, 1]"
+        )
     mode = {2: "L", 3: {2: "LA", 3: "RGB", 4: "RGBA"}}
     return Image.fromarray(np.ascontiguousarray(a), mode=mode[2] if a.ndim == 2 else mode[3][a.shape[2]])
 
@@ -113,9 +115,18 @@ class Codec:
     _ladder: list | None = field(default=None, repr=False)  # the premade LAE family, fewest bits first
     _upscaler: Any = field(default=None, repr=False)
 
-    def compress(self, image: ImageLike, quality: float | None = None, *, max_bytes: int | None = None,
-                 bpp: float | None = None, psnr: float | None = None, ms_ssim: float | None = None,
-                 roi: ImageLike | None = None, roi_quality: float | None = None) -> bytes:
+    def compress(
+        self,
+        image: ImageLike,
+        quality: float | None = None,
+        *,
+        max_bytes: int | None = None,
+        bpp: float | None = None,
+        psnr: float | None = None,
+        ms_ssim: float | None = None,
+        roi: ImageLike | None = None,
+        roi_quality: float | None = None,
+    ) -> bytes:
         """The bytes of a ``.cml`` file holding ``image``.
 
         ``quality``: 0..100 for a variable-rate LAE (default 75), 1..4 among the premade LAE models;
@@ -166,8 +177,10 @@ class Codec:
             return _loaded(_premade_family_member(quality)), request
         coder = self._coder
         if self._upscaler is not None and coder.base is None:
-            raise ConfigError(f"{self.name} is a RED model: load it with base= (a classical codec such as "
-                              "'webp', or an LAE model) to compress, or use upscale()")
+            raise ConfigError(
+                f"{self.name} is a RED model: load it with base= (a classical codec such as "
+                "'webp', or an LAE model) to compress, or use upscale()"
+            )
         if quality is not None:
             if not hasattr(coder, "at"):
                 coder = _hybrid_at(self, quality)
@@ -271,31 +284,52 @@ def load(name_or_path: str | os.PathLike | None = None, base: str | None = None)
         family = premade.lae_family()
         if not family:
             raise CheckpointError("this installation has no premade LAE models: give a model")
-        return Codec(name="premade LAE family", family="lae-family", fingerprint="",
-                     description=", ".join(m.name for m in family), _ladder=[str(m.bundle) for m in family])
+        return Codec(
+            name="premade LAE family",
+            family="lae-family",
+            fingerprint="",
+            description=", ".join(m.name for m in family),
+            _ladder=[str(m.bundle) for m in family],
+        )
     spec = str(name_or_path)
     path = _premade_path(spec)
     if not Path(path).exists():
-        raise CheckpointError(f"{spec}: neither a premade model ({', '.join(m.name for m in premade.premade_models())}) "
-                                "nor a bundle or checkpoint path")
+        raise CheckpointError(
+            f"{spec}: neither a premade model ({', '.join(m.name for m in premade.premade_models())}) nor a bundle or checkpoint path"
+        )
     coder = _loaded(path, base)
     found = premade.find(spec)
     upscaler = coder.red if coder.family == "hybrid" else None
     family = "red" if upscaler is not None else coder.family
     fingerprint = (upscaler.fingerprint if upscaler is not None else coder.fingerprint).hex()
-    return Codec(name=spec, family=family, fingerprint=fingerprint, variable_rate=bool(getattr(coder, "variable_rate", False)),
-                 description=found.description if found else "", _coder=coder, _upscaler=upscaler)
+    return Codec(
+        name=spec,
+        family=family,
+        fingerprint=fingerprint,
+        variable_rate=bool(getattr(coder, "variable_rate", False)),
+        description=found.description if found else "",
+        _coder=coder,
+        _upscaler=upscaler,
+    )
 
 
-def compress(image: ImageLike, quality: float | None = None, model: str | os.PathLike | Codec | None = None, *,
-             max_bytes: int | None = None, bpp: float | None = None, psnr: float | None = None,
-             ms_ssim: float | None = None, roi: ImageLike | None = None, roi_quality: float | None = None) -> bytes:
+def compress(
+    image: ImageLike,
+    quality: float | None = None,
+    model: str | os.PathLike | Codec | None = None,
+    *,
+    max_bytes: int | None = None,
+    bpp: float | None = None,
+    psnr: float | None = None,
+    ms_ssim: float | None = None,
+    roi: ImageLike | None = None,
+    roi_quality: float | None = None,
+) -> bytes:
     """``image`` compressed to the bytes of a ``.cml`` file (see :meth:`Codec.compress`).
 
     ``model``: a name, path or :class:`Codec` (default: the premade LAE family, ``quality`` 1..4)."""
     codec = model if isinstance(model, Codec) else load(model)
-    return codec.compress(image, quality, max_bytes=max_bytes, bpp=bpp, psnr=psnr, ms_ssim=ms_ssim, roi=roi,
-                          roi_quality=roi_quality)
+    return codec.compress(image, quality, max_bytes=max_bytes, bpp=bpp, psnr=psnr, ms_ssim=ms_ssim, roi=roi, roi_quality=roi_quality)
 
 
 def decompress(data: bytes, model: str | os.PathLike | Codec | None = None) -> Image.Image:

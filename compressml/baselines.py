@@ -63,8 +63,12 @@ CODECS: dict[str, ClassicalCodec] = {
         ClassicalCodec("webp-lossless", "WEBP", (0,), {"lossless": True, "quality": 100, "method": 4}, setting_option=None, feature="webp"),
         # settings are compression ratios: 24 / ratio = bits per pixel for 8-bit RGB
         ClassicalCodec(
-            "jpeg2000", "JPEG2000", (192, 128, 96, 64, 48, 32, 24, 16, 12, 8),
-            {"quality_mode": "rates", "irreversible": True}, setting_option="quality_layers", feature="jpg_2000",
+            "jpeg2000",
+            "JPEG2000",
+            (192, 128, 96, 64, 48, 32, 24, 16, 12, 8),
+            {"quality_mode": "rates", "irreversible": True},
+            setting_option="quality_layers",
+            feature="jpg_2000",
         ),
         ClassicalCodec("avif", "AVIF", tuple(range(10, 100, 10)), {"speed": 6, "subsampling": "4:2:0"}, feature="avif"),
     )

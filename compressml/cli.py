@@ -51,7 +51,9 @@ def _compress(args: argparse.Namespace) -> int:
             raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
         if target is not None:
             request.ladder = [load_codec(str(m.bundle)) for m in premade.lae_family()]
-            print(f"models: premade {', '.join(m.name for m in premade.lae_family())} (rate control: --{target.replace('_', '-')} {value:g})")
+            print(
+                f"models: premade {', '.join(m.name for m in premade.lae_family())} (rate control: --{target.replace('_', '-')} {value:g})"
+            )
             model = request.ladder[0]
         else:
             if args.quality is not None and args.quality != int(args.quality):
@@ -98,8 +100,9 @@ def _finish(result, jobs: int, what: str) -> int:
 
 
 def _achieved(target: str, value: float) -> str:
-    return {"max_bytes": f"{value:.0f} bytes", "bpp": f"{value:.4f} bpp", "psnr": f"{value:.2f} dB",
-            "ms_ssim": f"MS-SSIM {value:.4f}"}[target]
+    return {"max_bytes": f"{value:.0f} bytes", "bpp": f"{value:.4f} bpp", "psnr": f"{value:.2f} dB", "ms_ssim": f"MS-SSIM {value:.4f}"}[
+        target
+    ]
 
 
 def _decompress(args: argparse.Namespace) -> int:
@@ -240,49 +243,96 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     comp = sub.add_parser("compress", help="images (files or folders, recursive) to .cml files")
     comp.add_argument("inputs", nargs="+")
-    comp.add_argument("-m", "--model", help="an LAE or MLLAE (or, with --base, a RED): a premade model's name (compressml models), an export bundle folder (or its manifest.json) or a Lightning checkpoint (.ckpt); default: the premade LAE family")
-    comp.add_argument("--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model")
-    comp.add_argument("-q", "--quality", type=float, help="a variable-rate LAE: quality 0 (smallest files) .. 100 (default 75), "
-                      "linear in log λ over the range it was trained on; without -m: which premade LAE, 1 (smallest files) .. 4 "
-                      "(default 3); hybrid codec: the classical base codec's quality (default 75)")
-    comp.add_argument("--max-bytes", type=int, dest="max_bytes", metavar="N",
-                      help="rate control: the best quality whose file has at most N bytes (checked on the file; an error "
-                           "when even the lowest does not fit). Variable-rate LAE, or the premade family without -m")
+    comp.add_argument(
+        "-m",
+        "--model",
+        help="an LAE or MLLAE (or, with --base, a RED): a premade model's name (compressml models), an export bundle folder (or its manifest.json) or a Lightning checkpoint (.ckpt); default: the premade LAE family",
+    )
+    comp.add_argument(
+        "--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model"
+    )
+    comp.add_argument(
+        "-q",
+        "--quality",
+        type=float,
+        help="a variable-rate LAE: quality 0 (smallest files) .. 100 (default 75), "
+        "linear in log λ over the range it was trained on; without -m: which premade LAE, 1 (smallest files) .. 4 "
+        "(default 3); hybrid codec: the classical base codec's quality (default 75)",
+    )
+    comp.add_argument(
+        "--max-bytes",
+        type=int,
+        dest="max_bytes",
+        metavar="N",
+        help="rate control: the best quality whose file has at most N bytes (checked on the file; an error "
+        "when even the lowest does not fit). Variable-rate LAE, or the premade family without -m",
+    )
     comp.add_argument("--bpp", type=float, metavar="B", help="rate control: the file closest to B bits per pixel")
     comp.add_argument("--psnr", type=float, metavar="P", help="rate control: the smallest file whose decoded image reaches P dB")
-    comp.add_argument("--ms-ssim", type=float, dest="ms_ssim", metavar="S",
-                      help="rate control: the smallest file whose decoded image reaches MS-SSIM S")
-    comp.add_argument("--roi", metavar="MASK", help="a variable-rate LAE: more bits where the mask image (same size, "
-                      "nonzero = region) marks, from the same model; the map travels in the file")
-    comp.add_argument("--roi-quality", type=float, dest="roi_quality", metavar="Q",
-                      help="with --roi: the region's quality (default: 40 above -q, at most 100)")
+    comp.add_argument(
+        "--ms-ssim", type=float, dest="ms_ssim", metavar="S", help="rate control: the smallest file whose decoded image reaches MS-SSIM S"
+    )
+    comp.add_argument(
+        "--roi",
+        metavar="MASK",
+        help="a variable-rate LAE: more bits where the mask image (same size, "
+        "nonzero = region) marks, from the same model; the map travels in the file",
+    )
+    comp.add_argument(
+        "--roi-quality",
+        type=float,
+        dest="roi_quality",
+        metavar="Q",
+        help="with --roi: the region's quality (default: 40 above -q, at most 100)",
+    )
     comp.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.cml")
-    comp.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
-                      help="LAE: optimise each image's latents for STEPS gradient steps before coding (50: about 8%% "
-                           "fewer bits at equal PSNR on Kodak with the premade family, at about 0.15 s per step "
-                           "for a 768x512 image on 2 CPU cores); the files decode as usual, with the same model")
-    comp.add_argument("--decoding-mode", choices=["exact", "compressai"],
-                      help="LAE: how the file is to be decoded: exact (default: CDFs chosen in fixed point, so every "
-                           "machine decodes it, and the same pixels whatever the thread count) or compressai "
-                           "(CompressAI's own bits, for CompressAI's decoder)")
+    comp.add_argument(
+        "--refine",
+        type=_steps,
+        default=0,
+        metavar="STEPS",
+        help="LAE: optimise each image's latents for STEPS gradient steps before coding (50: about 8%% "
+        "fewer bits at equal PSNR on Kodak with the premade family, at about 0.15 s per step "
+        "for a 768x512 image on 2 CPU cores); the files decode as usual, with the same model",
+    )
+    comp.add_argument(
+        "--decoding-mode",
+        choices=["exact", "compressai"],
+        help="LAE: how the file is to be decoded: exact (default: CDFs chosen in fixed point, so every "
+        "machine decodes it, and the same pixels whatever the thread count) or compressai "
+        "(CompressAI's own bits, for CompressAI's decoder)",
+    )
     comp.add_argument("--force", action="store_true", help="overwrite existing outputs")
     comp.set_defaults(func=_compress)
     dec = sub.add_parser("decompress", help=".cml files (or folders of them) back to images")
     dec.add_argument("inputs", nargs="+")
-    dec.add_argument("-m", "--model", help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files), or a premade model's name; the RED for hybrid files; default: the premade model named by each file")
+    dec.add_argument(
+        "-m",
+        "--model",
+        help="the model that made the files: its bundle folder or checkpoint (either decodes the other's files), or a premade model's name; the RED for hybrid files; default: the premade model named by each file",
+    )
     dec.add_argument("--base", help="hybrid files whose base layer is an LAE code: that LAE model")
     dec.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.png")
     dec.add_argument("--format", default="png", choices=["png", "bmp", "tiff", "webp"], help="output format (webp: lossless)")
-    dec.add_argument("--originals", metavar="DIR", help="the original images (same relative paths, any image suffix; or "
-                     "one file): PSNR per file and on average")
+    dec.add_argument(
+        "--originals",
+        metavar="DIR",
+        help="the original images (same relative paths, any image suffix; or one file): PSNR per file and on average",
+    )
     dec.add_argument("--force", action="store_true", help="overwrite existing outputs")
     dec.set_defaults(func=_decompress)
     up = sub.add_parser("upscale", help="super-resolve images (files or folders, recursive) with a RED model")
     up.add_argument("inputs", nargs="+")
-    up.add_argument("-m", "--model", help="a RED: a premade model's name (red-x2, red-x4), export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt); default: the premade red-x<scale>")
+    up.add_argument(
+        "-m",
+        "--model",
+        help="a RED: a premade model's name (red-x2, red-x4), export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt); default: the premade red-x<scale>",
+    )
     up.add_argument("--scale", type=int, default=2, help="without -m: the premade model's scale, 2 (default) or 4")
     up.add_argument("-o", "--output", required=True, help="output folder (or .png file, for one input)")
-    up.add_argument("--tile", type=int, default=256, help="low-resolution tile side for large images (default 256); results match untiled ones")
+    up.add_argument(
+        "--tile", type=int, default=256, help="low-resolution tile side for large images (default 256); results match untiled ones"
+    )
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")
     up.set_defaults(func=_upscale)
     info = sub.add_parser("info", help="describe .cml files")

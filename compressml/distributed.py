@@ -36,8 +36,17 @@ LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SI
 _CONFIG_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
 # Hydra overrides that describe the sweep or its launch rather than the job
 _SWEEP_KEYS = (
-    "hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
-    "hydra.run", "hydra.job.num", "hydra.job.id", "hydra.job.name", "hydra.output_subdir",
+    "hydra.mode",
+    "hydra.sweep",
+    "hydra.sweeper",
+    "hydra/sweeper",
+    "hydra.launcher",
+    "hydra/launcher",
+    "hydra.run",
+    "hydra.job.num",
+    "hydra.job.id",
+    "hydra.job.name",
+    "hydra.output_subdir",
 )
 # how long rank 0 waits, after fit, for the processes it started to finish
 CHILD_EXIT_TIMEOUT_S = 300

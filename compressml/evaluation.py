@@ -35,8 +35,23 @@ from compressml.codec.lae import SourceImage
 from compressml.errors import ConfigError, DataError
 
 RECORD_FIELDS = (
-    "codec", "setting", "image", "height", "width", "bytes", "bpp", "bpsp", "psnr", "ms_ssim", "ms_ssim_db",
-    "encode_s", "decode_s", "exact", "block_bytes_max", "block_bytes_mean", "block_budget",
+    "codec",
+    "setting",
+    "image",
+    "height",
+    "width",
+    "bytes",
+    "bpp",
+    "bpsp",
+    "psnr",
+    "ms_ssim",
+    "ms_ssim_db",
+    "encode_s",
+    "decode_s",
+    "exact",
+    "block_bytes_max",
+    "block_bytes_mean",
+    "block_budget",
 )
 AVERAGED = ("bpp", "bpsp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s")
 
@@ -47,7 +62,7 @@ class EvalImage:
     rgb: np.ndarray  # uint8 (H, W, 3): the reference every codec is measured against
 
     @classmethod
-    def from_tensor(cls, name: str, x: torch.Tensor) -> "EvalImage":
+    def from_tensor(cls, name: str, x: torch.Tensor) -> EvalImage:
         """(3, H, W) floats in [0, 1] to the 8-bit reference."""
         return cls(name, x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).contiguous().numpy())
 
@@ -70,9 +85,17 @@ def quality(reconstruction: np.ndarray, reference: np.ndarray) -> dict:
 def _record(codec: str, setting, image: EvalImage, num_bytes: int, reconstruction: np.ndarray, enc: float, dec: float) -> dict:
     h, w = image.rgb.shape[:2]
     return {
-        "codec": codec, "setting": setting, "image": image.name, "height": h, "width": w,
-        "bytes": num_bytes, "bpp": 8.0 * num_bytes / (h * w), "bpsp": 8.0 * num_bytes / (3 * h * w),
-        **quality(reconstruction, image.rgb), "encode_s": enc, "decode_s": dec,
+        "codec": codec,
+        "setting": setting,
+        "image": image.name,
+        "height": h,
+        "width": w,
+        "bytes": num_bytes,
+        "bpp": 8.0 * num_bytes / (h * w),
+        "bpsp": 8.0 * num_bytes / (3 * h * w),
+        **quality(reconstruction, image.rgb),
+        "encode_s": enc,
+        "decode_s": dec,
         "exact": bool(np.array_equal(reconstruction, image.rgb)),
     }
 
@@ -81,8 +104,9 @@ def _file_name(image: EvalImage, suffix: str) -> str:
     return Path(image.name).with_suffix(suffix).name
 
 
-def evaluate_learned(model: CodecModel, label: str, setting: str, images: Sequence[EvalImage], out_dir: Path,
-                     keep: dict | None = None, keep_images: int = 0) -> list[dict]:
+def evaluate_learned(
+    model: CodecModel, label: str, setting: str, images: Sequence[EvalImage], out_dir: Path, keep: dict | None = None, keep_images: int = 0
+) -> list[dict]:
     """Compress each image to ``out_dir/<name>.cml``, decode that file, and measure both. The first
     ``keep_images`` decoded images go into ``keep[(label, setting, name)]`` (for the report's crops)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,11 +154,13 @@ def size_matched(codec: ClassicalCodec, image: EvalImage, max_bytes: int) -> dic
     return _record(codec.name, q, image, len(data), codec.decode(data), 0.0, 0.0)
 
 
-def matched_comparison(records: Sequence[dict], learned: Sequence[str], codecs: Sequence[ClassicalCodec], images: Sequence[EvalImage]) -> list[dict]:
+def matched_comparison(
+    records: Sequence[dict], learned: Sequence[str], codecs: Sequence[ClassicalCodec], images: Sequence[EvalImage]
+) -> list[dict]:
     """For each learned point, each codec at the same file size per image (no larger), averaged."""
     by_name = {i.name: i for i in images}
     rows = []
-    for (curve, setting) in dict.fromkeys((r["codec"], r["setting"]) for r in records if r["codec"] in learned):
+    for curve, setting in dict.fromkeys((r["codec"], r["setting"]) for r in records if r["codec"] in learned):
         ours = [r for r in records if r["codec"] == curve and r["setting"] == setting]
         row = {"learned": curve, "setting": setting, "ours": {k: float(np.mean([r[k] for r in ours])) for k in ("bpp", "psnr", "ms_ssim")}}
         for codec in codecs:
@@ -148,7 +174,9 @@ def matched_comparison(records: Sequence[dict], learned: Sequence[str], codecs: 
     return rows
 
 
-def evaluate_classical(codec: ClassicalCodec, settings: Sequence[int], images: Sequence[EvalImage], out_dir: Path | None = None) -> list[dict]:
+def evaluate_classical(
+    codec: ClassicalCodec, settings: Sequence[int], images: Sequence[EvalImage], out_dir: Path | None = None
+) -> list[dict]:
     """Each image at each setting through Pillow; files are kept in ``out_dir`` when given."""
     records = []
     for setting in settings:
@@ -178,8 +206,11 @@ def average(records: Sequence[dict]) -> list[dict]:
         row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"])
         row["exact"] = sum(bool(r["exact"]) for r in rs)
         if rs[0].get("block_budget") is not None:
-            row.update(block_bytes_max=max(r["block_bytes_max"] for r in rs), block_bytes_mean=float(np.mean([r["block_bytes_mean"] for r in rs])),
-                       block_budget=rs[0]["block_budget"])
+            row.update(
+                block_bytes_max=max(r["block_bytes_max"] for r in rs),
+                block_bytes_mean=float(np.mean([r["block_bytes_mean"] for r in rs])),
+                block_budget=rs[0]["block_budget"],
+            )
         rows.append(row)
     return rows
 
@@ -200,7 +231,9 @@ def compressai_json(name: str, curve: dict, description: str) -> dict:
         "name": name,
         "description": description,
         "results": {
-            "psnr-rgb": curve["psnr"], "ms-ssim-rgb": curve["ms_ssim"], "bpp": curve["bpp"],
+            "psnr-rgb": curve["psnr"],
+            "ms-ssim-rgb": curve["ms_ssim"],
+            "bpp": curve["bpp"],
             **({"encoding_time": curve["encode_s"], "decoding_time": curve["decode_s"]} if "encode_s" in curve else {}),
         },
     }
@@ -251,8 +284,10 @@ def bd_rates(learned: dict[str, dict], others: dict[str, dict]) -> dict[str, dic
                 entry["psnr"] = metrics.bd_rate(oc["bpp"], oc["psnr"], lc["bpp"], lc["psnr"])
             if lc["ms_ssim"] and oc.get("ms_ssim"):
                 entry["ms_ssim_db"] = metrics.bd_rate(
-                    oc["bpp"], [metrics.ms_ssim_db(v) for v in oc["ms_ssim"]],
-                    lc["bpp"], [metrics.ms_ssim_db(v) for v in lc["ms_ssim"]],
+                    oc["bpp"],
+                    [metrics.ms_ssim_db(v) for v in oc["ms_ssim"]],
+                    lc["bpp"],
+                    [metrics.ms_ssim_db(v) for v in lc["ms_ssim"]],
                 )
             out.setdefault(lname, {})[oname] = entry
     return out
@@ -298,8 +333,10 @@ def plot_rd(curves: dict[str, dict], learned: Sequence[str], path: Path, title: 
     # lossless points (PNG: PSNR capped at 100 dB, far right) would flatten every lossy curve
     curves = {n: c for n, c in curves.items() if not (c.get("psnr") and min(c["psnr"]) >= metrics.PSNR_CAP - 1e-6)}
     for name, c in curves.items():
-        style = {"linewidth": 2.5, "marker": "o"} if name in learned else (
-            {"linestyle": "--", "linewidth": 1.2} if name.startswith("ref:") else {"linewidth": 1.2, "marker": "."}
+        style = (
+            {"linewidth": 2.5, "marker": "o"}
+            if name in learned
+            else ({"linestyle": "--", "linewidth": 1.2} if name.startswith("ref:") else {"linewidth": 1.2, "marker": "."})
         )
         if len(c["bpp"]) == 1:
             style = {"marker": "*", "markersize": 12, "linestyle": "none"}
@@ -365,8 +402,11 @@ def parse_qualities(value) -> tuple[float, ...] | None:
     if value is None:
         return None
     values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if not isinstance(values, (list, tuple)) or not values or any(
-            isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100 for q in values):
+    if (
+        not isinstance(values, (list, tuple))
+        or not values
+        or any(isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100 for q in values)
+    ):
         raise ConfigError(f"qualities must be numbers from 0 to 100 (or a list of them), got {value!r}")
     return tuple(sorted({float(q) for q in values}))
 
@@ -375,7 +415,7 @@ def default_curve_name(net: torch.nn.Module) -> str:
     return family_of(net).curve_name(net)
 
 
-def sweep_models(sweep_dirs, curve: str | None) -> list["LearnedModel"]:
+def sweep_models(sweep_dirs, curve: str | None) -> list[LearnedModel]:
     """``evaluate.py sweep=DIR`` (or a list of DIRs): one :class:`~compressml.evaluation.LearnedModel`
     per job with a checkpoint, named by the job's distinguishing overrides."""
     from compressml.sweep_jobs import sweep_jobs
@@ -387,7 +427,7 @@ def sweep_models(sweep_dirs, curve: str | None) -> list["LearnedModel"]:
     return models
 
 
-def jobs_as_models(jobs: list, curve: str | None, prefix: str = "") -> list["LearnedModel"]:
+def jobs_as_models(jobs: list, curve: str | None, prefix: str = "") -> list[LearnedModel]:
     """The jobs that left a checkpoint as points of a learned curve (the others are named and left out)."""
     for j in jobs:
         if j.checkpoint is None:
@@ -451,8 +491,9 @@ def run_evaluation(
         "bd_rate": bd_rates({n: curves[n] for n in learned_names}, {**lossy_others, **references}),
         "nearest": nearest_points([r for r in rows if r["codec"] in learned_names], rows, compare),
         "matched": matched_comparison(records, learned_names, matched, images),
-        "at_equal_bpp": points_against_curves({n: curves[n] for n in learned_names if len(curves[n]["bpp"]) == 1},
-                                              {**lossy_others, **references}),
+        "at_equal_bpp": points_against_curves(
+            {n: curves[n] for n in learned_names if len(curves[n]["bpp"]) == 1}, {**lossy_others, **references}
+        ),
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     text = json.dumps(result, indent=1, default=_json_default)
@@ -477,15 +518,13 @@ def _learned_points(models: Sequence[LearnedModel], load_model: Callable[[Path],
             loaded[m.path] = load_model(m.path)
     variable = [m for m in models if loaded[m.path].variable_rate]
     if any(m.qualities for m in models) and not variable:
-        raise ConfigError("qualities is for variable-rate LAE checkpoints (model.variable_rate=true); "
-                          "these code at one rate each")
+        raise ConfigError("qualities is for variable-rate LAE checkpoints (model.variable_rate=true); these code at one rate each")
     several = len({m.path for m in variable}) > 1
     for m in models:
         model = loaded[m.path]
         curve = m.curve or default_curve_name(model.net)
         if model.variable_rate:
-            curve = (f"{curve}:{m.setting}" if several else curve) if m.curve else (
-                f"{curve}-vr:{m.setting}" if several else f"{curve}-vr")
+            curve = (f"{curve}:{m.setting}" if several else curve) if m.curve else (f"{curve}-vr:{m.setting}" if several else f"{curve}-vr")
         if m.refine:
             model, curve = model.refined(m.refine), f"{curve}+refine{m.refine}"
         if not model.variable_rate:
@@ -513,8 +552,7 @@ def with_refinement(models: list[LearnedModel], refine) -> list[LearnedModel]:
     """Each model once per entry of ``refine`` (steps of LAE latent refinement, a number or a list;
     0 = none): one curve per entry, the refined ones named ``<curve>+refine<steps>``."""
     steps = [refine] if isinstance(refine, int) and not isinstance(refine, bool) else refine
-    if not isinstance(steps, (list, tuple)) or not steps or any(
-            not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in steps):
+    if not isinstance(steps, (list, tuple)) or not steps or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in steps):
         raise ConfigError(f"refine must be a number of steps >= 0 or a list of them, got {refine!r}")
     return [replace(m, refine=n) for m in models for n in steps]  # a model's entries together: loaded once
 
@@ -550,8 +588,8 @@ def hybrid_codecs(specs) -> list[tuple[str, str, object]]:
     -> one ``(curve, setting, HybridCodec)`` per point: a classical base gives one point per quality,
     an LAE base one point per LAE model."""
     from compressml.codec.hybrid import BASE_FORMATS, HybridCodec
-    from compressml.errors import ConfigError
     from compressml.codec.upscale import Upscaler
+    from compressml.errors import ConfigError
 
     points = []
     for spec in [specs] if isinstance(specs, dict) else specs:
@@ -583,9 +621,9 @@ def hybrid_codecs(specs) -> list[tuple[str, str, object]]:
 
 def evaluate_sr_from_config(cfg, models: list[LearnedModel]) -> dict:
     """evaluate.py with RED checkpoints: every model against bicubic on the configured images."""
+    from compressml.codec.upscale import Upscaler
     from compressml.errors import ConfigError
     from compressml.sr_evaluation import evaluate_sr
-    from compressml.codec.upscale import Upscaler
 
     upscalers = [(m.setting, Upscaler.load(m.path)) for m in models]
     scales = {u.scale for _, u in upscalers}
@@ -596,8 +634,13 @@ def evaluate_sr_from_config(cfg, models: list[LearnedModel]) -> dict:
     images = [(im.name, _as_tensor(im.rgb)[0]) for im in config_images(cfg)]
     out_dir = Path(cfg.paths.output_dir)
     tile = cfg.get("tile")
-    result = evaluate_sr([(label, lambda lr, u=u: u(lr, tile)) for label, u in upscalers], images, scales.pop(),
-                         out_dir, progress=lambda name: print(f"evaluating {name}", flush=True))
+    result = evaluate_sr(
+        [(label, lambda lr, u=u: u(lr, tile)) for label, u in upscalers],
+        images,
+        scales.pop(),
+        out_dir,
+        progress=lambda name: print(f"evaluating {name}", flush=True),
+    )
     result["output_dir"] = str(out_dir)
     return result
 
@@ -628,8 +671,10 @@ def evaluate_from_config(cfg) -> dict:
         models = with_refinement(models, refine)
     if "red" in families:
         if families != {"red"} or hybrids:
-            raise ConfigError("RED (super-resolution) checkpoints are evaluated on their own, against bicubic; "
-                              "give only RED checkpoints (for RED as a codec's decoder use hybrid= without them)")
+            raise ConfigError(
+                "RED (super-resolution) checkpoints are evaluated on their own, against bicubic; "
+                "give only RED checkpoints (for RED as a codec's decoder use hybrid= without them)"
+            )
         return evaluate_sr_from_config(cfg, models)
     codecs = available_codecs(list(cfg.codecs or []))
     if not models and not codecs and not hybrids:
@@ -643,10 +688,18 @@ def evaluate_from_config(cfg) -> dict:
     images = config_images(cfg)
     out_dir = Path(cfg.paths.output_dir)
     result = run_evaluation(
-        models, images, codecs, out_dir, settings=settings, reference=reference,
-        compare=list(cfg.compare or []), matched=available_codecs(list(cfg.get("matched") or [])),
-        keep_classical_files=bool(cfg.keep_classical_files), report_images=int(cfg.get("report_images", 3)),
-        progress=lambda msg: print(f"evaluating {msg}", flush=True), loaded=hybrids,
+        models,
+        images,
+        codecs,
+        out_dir,
+        settings=settings,
+        reference=reference,
+        compare=list(cfg.compare or []),
+        matched=available_codecs(list(cfg.get("matched") or [])),
+        keep_classical_files=bool(cfg.keep_classical_files),
+        report_images=int(cfg.get("report_images", 3)),
+        progress=lambda msg: print(f"evaluating {msg}", flush=True),
+        loaded=hybrids,
     )
     result["output_dir"] = str(out_dir)
     return result
@@ -669,8 +722,16 @@ def print_report(result: dict) -> None:
         table.add_column(col, justify="left" if col in ("codec", "setting") else "right")
     learned = set(result["learned"])
     for r in sorted(result["averages"], key=lambda r: (r["codec"] not in learned, r["codec"], r["bpp"])):
-        table.add_row(r["codec"], str(r["setting"]), f"{r['bpp']:.3f}", f"{r['psnr']:.2f}", f"{r['ms_ssim']:.4f}",
-                      f"{r['ms_ssim_db']:.2f}", f"{r['encode_s']:.3f}", f"{r['decode_s']:.3f}")
+        table.add_row(
+            r["codec"],
+            str(r["setting"]),
+            f"{r['bpp']:.3f}",
+            f"{r['psnr']:.2f}",
+            f"{r['ms_ssim']:.4f}",
+            f"{r['ms_ssim_db']:.2f}",
+            f"{r['encode_s']:.3f}",
+            f"{r['decode_s']:.3f}",
+        )
     console.print(table)
     if result["nearest"]:
         near = Table(title="Learned points beside the classical codecs' nearest-bpp points", header_style="bold")
@@ -690,11 +751,15 @@ def print_report(result: dict) -> None:
         console.print(f"BD-rate needs a curve: {', '.join(single)} has one point (give several checkpoints, e.g. one per lambda)")
     rows = [r for r in rows if r[0] not in single]
     if result.get("at_equal_bpp"):
-        eq = Table(title="One-point curves against the other curves at the same bpp (their PSNR interpolated in log bpp)", header_style="bold")
+        eq = Table(
+            title="One-point curves against the other curves at the same bpp (their PSNR interpolated in log bpp)", header_style="bold"
+        )
         for col in ("learned", "against", "bpp", "ours dB", "theirs dB", "difference"):
             eq.add_column(col, justify="left" if col in ("learned", "against") else "right")
         for e in result["at_equal_bpp"]:
-            eq.add_row(e["learned"], e["against"], f"{e['bpp']:.3f}", f"{e['psnr']:.2f}", f"{e['their_psnr']:.2f}", f"{e['delta_db']:+.2f} dB")
+            eq.add_row(
+                e["learned"], e["against"], f"{e['bpp']:.3f}", f"{e['psnr']:.2f}", f"{e['their_psnr']:.2f}", f"{e['delta_db']:+.2f} dB"
+            )
         console.print(eq)
     if rows:
         bd = Table(title="BD-rate of the learned curve (negative: fewer bits for the same quality)", header_style="bold")

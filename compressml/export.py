@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressml.checkpoints import checkpoint_family, read_checkpoint
 from compressml.codec.bundle import (
     FORMAT,
     FORMAT_VERSION,
@@ -52,7 +53,6 @@ from compressml.codec.bundle import (
     load_bundle,
     load_compressai,
 )
-from compressml.checkpoints import checkpoint_family, read_checkpoint
 from compressml.codec.families import FAMILIES, family, family_of
 from compressml.errors import BundleError, CheckpointError, ConfigError
 from compressml.fileio import file_mode, folder_mode, make_part_folder
@@ -258,9 +258,7 @@ def build_manifest(net: nn.Module, ckpt: dict, checkpoint: Path, folder: Path, g
     from compressml.codec.lae import weights_fingerprint
 
     hparams = ckpt.get("hyper_parameters") or {}
-    files = {
-        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST
-    }
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.name != MANIFEST}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -302,8 +300,14 @@ def round_to_half(net: nn.Module) -> set[str]:
     return rounded
 
 
-def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False, onnx: bool = True,
-                  torchscript: bool = True, dtype: str = "float32") -> dict:
+def export_bundle(
+    checkpoint_path: str | Path,
+    out_dir: str | Path,
+    force: bool = False,
+    onnx: bool = True,
+    torchscript: bool = True,
+    dtype: str = "float32",
+) -> dict:
     """Write the export bundle of a checkpoint (LAE, MLLAE or RED) into ``out_dir``; returns a summary.
 
     ``out_dir`` must not exist or be empty; ``force`` replaces an existing bundle (a folder
@@ -335,8 +339,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, force: bool 
         if torchscript or onnx:
             specs, graphs = family_of(net).export_graphs(net)
             for spec in specs:
-                graphs[spec.name].update({**({"torchscript": f"{spec.name}.pt"} if torchscript else {}),
-                                          **({"onnx": f"{spec.name}.onnx"} if onnx else {})})
+                graphs[spec.name].update(
+                    {**({"torchscript": f"{spec.name}.pt"} if torchscript else {}), **({"onnx": f"{spec.name}.onnx"} if onnx else {})}
+                )
             if torchscript:
                 _record_graphs(graphs, write_torchscript(specs, tmp), "torchscript")
             if onnx:
@@ -381,8 +386,12 @@ def export_from_config(cfg: Mapping) -> dict:
         if not cfg.get(key):
             raise ConfigError(f"{key} is required (python export.py checkpoint=PATH out=DIR)")
     return export_bundle(
-        cfg["checkpoint"], cfg["out"], force=bool(cfg.get("force", False)), onnx=bool(cfg.get("onnx", True)),
-        torchscript=bool(cfg.get("torchscript", True)), dtype=str(cfg.get("dtype") or "float32"),
+        cfg["checkpoint"],
+        cfg["out"],
+        force=bool(cfg.get("force", False)),
+        onnx=bool(cfg.get("onnx", True)),
+        torchscript=bool(cfg.get("torchscript", True)),
+        dtype=str(cfg.get("dtype") or "float32"),
     )
 
 
@@ -397,4 +406,3 @@ def format_summary(summary: dict) -> str:
         worst = max(summary["max_abs_diff"].values())
         lines.append(f"graphs checked against PyTorch: max |difference| {worst:.2e}")
     return "\n".join(lines)
-

@@ -122,8 +122,14 @@ class DistortionCap(_Multiplier):
     distortion meets the cap at the lowest rate it can find.
     """
 
-    def __init__(self, min_psnr: float | None = 32.0, max_distortion: float | None = None, distortion: str = "mse",
-                 multiplier: float = 1.0, step_size: float = 0.05):
+    def __init__(
+        self,
+        min_psnr: float | None = 32.0,
+        max_distortion: float | None = None,
+        distortion: str = "mse",
+        multiplier: float = 1.0,
+        step_size: float = 0.05,
+    ):
         super().__init__(multiplier, step_size)
         self.distortion = _check_distortion(distortion)
         if (min_psnr is None) == (max_distortion is None):
@@ -153,8 +159,9 @@ class RateTarget(_Multiplier):
     the target and the distortion is minimised there. ``lmbda`` scales D as in ``rate_distortion``.
     """
 
-    def __init__(self, target_bpp: float = 0.5, lmbda: float = 0.0130, distortion: str = "mse",
-                 multiplier: float = 1.0, step_size: float = 0.05):
+    def __init__(
+        self, target_bpp: float = 0.5, lmbda: float = 0.0130, distortion: str = "mse", multiplier: float = 1.0, step_size: float = 0.05
+    ):
         super().__init__(multiplier, step_size)
         self.target_bpp = _positive(target_bpp, "target_bpp")
         self.lmbda = _positive(lmbda, "lmbda")

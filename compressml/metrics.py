@@ -153,14 +153,13 @@ def ms_ssim_db(value: torch.Tensor | float) -> float:
 
 def bpp_from_likelihoods(likelihoods: Mapping[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
     """Estimated bits per pixel from an entropy model's likelihoods (N * H * W pixels)."""
-    bits = sum(torch.log(l).sum() for l in likelihoods.values())
+    bits = sum(torch.log(p).sum() for p in likelihoods.values())
     return bits / (-math.log(2) * num_pixels)
 
 
 def bpp_from_bytes(num_bytes: int, height: int, width: int) -> float:
     """Real bits per pixel of a byte count for one image."""
     return 8.0 * num_bytes / (height * width)
-
 
 
 def _monotone_curve(rates, quality) -> tuple[np.ndarray, np.ndarray]:

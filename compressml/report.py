@@ -68,23 +68,48 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
     folder = out_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     learned = set(result["learned"])
-    sections = [f"<h1>compressml evaluation</h1><p>{len(result['images'])} image(s); bpp from the real files' sizes "
-                "(headers included); PSNR and MS-SSIM on the 8-bit RGB reconstruction.</p>"]
+    sections = [
+        f"<h1>compressml evaluation</h1><p>{len(result['images'])} image(s); bpp from the real files' sizes "
+        "(headers included); PSNR and MS-SSIM on the 8-bit RGB reconstruction.</p>"
+    ]
     if (out_dir / "rd.png").is_file():
-        sections.append('<h2>Rate-distortion</h2><p>Higher and further left is better: more quality for fewer bits. '
-                        'Learned curves bold, published references dashed.</p><img class="plot" src="rd.png" alt="RD plot">')
+        sections.append(
+            "<h2>Rate-distortion</h2><p>Higher and further left is better: more quality for fewer bits. "
+            'Learned curves bold, published references dashed.</p><img class="plot" src="rd.png" alt="RD plot">'
+        )
     avg = sorted(result["averages"], key=lambda r: (r["codec"] not in learned, r["codec"], r["bpp"]))
-    sections.append("<h2>Averages per codec and setting</h2>" + _table(
-        ["codec", "setting", "bpp", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "encode s", "decode s"],
-        [[r["codec"], r["setting"], f"{r['bpp']:.3f}", f"{r['psnr']:.2f}", f"{r['ms_ssim']:.4f}", f"{r['ms_ssim_db']:.2f}",
-          f"{r['encode_s']:.3f}", f"{r['decode_s']:.3f}"] for r in avg], "averages"))
+    sections.append(
+        "<h2>Averages per codec and setting</h2>"
+        + _table(
+            ["codec", "setting", "bpp", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "encode s", "decode s"],
+            [
+                [
+                    r["codec"],
+                    r["setting"],
+                    f"{r['bpp']:.3f}",
+                    f"{r['psnr']:.2f}",
+                    f"{r['ms_ssim']:.4f}",
+                    f"{r['ms_ssim_db']:.2f}",
+                    f"{r['encode_s']:.3f}",
+                    f"{r['decode_s']:.3f}",
+                ]
+                for r in avg
+            ],
+            "averages",
+        )
+    )
     bd = [(ln, on, e) for ln, against in result["bd_rate"].items() for on, e in against.items() if len(result["curves"][ln]["bpp"]) > 1]
     if bd:
-        fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"  # noqa: E731
-        sections.append("<h2>BD-rate</h2><p>The learned curve's average bit-rate difference at equal quality "
-                        "(negative: fewer bits than the other codec).</p>" + _table(
-                            ["learned", "against", "BD-rate PSNR", "BD-rate MS-SSIM"],
-                            [[ln, on, fmt(e.get("psnr")), fmt(e.get("ms_ssim_db"))] for ln, on, e in bd], "bdrate"))
+        fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"
+        sections.append(
+            "<h2>BD-rate</h2><p>The learned curve's average bit-rate difference at equal quality "
+            "(negative: fewer bits than the other codec).</p>"
+            + _table(
+                ["learned", "against", "BD-rate PSNR", "BD-rate MS-SSIM"],
+                [[ln, on, fmt(e.get("psnr")), fmt(e.get("ms_ssim_db"))] for ln, on, e in bd],
+                "bdrate",
+            )
+        )
     if result.get("matched"):
         rows = []
         for row in result["matched"]:
@@ -92,10 +117,21 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
             rows.append([row["learned"], row["setting"], f"{o['bpp']:.3f}", f"{o['psnr']:.2f}", f"{o['ms_ssim']:.4f}"])
             for name, m in row.items():
                 if name not in ("learned", "setting", "ours"):
-                    rows.append([f"  {name}", "same size", *(("-", "cannot be that small", "") if m is None else (
-                        f"{m['bpp']:.3f}", f"{m['psnr']:.2f}", f"{m['ms_ssim']:.4f}"))])
-        sections.append("<h2>At the same file size</h2><p>Each image coded by the classical codec at its best quality "
-                        "whose file is no larger than ours.</p>" + _table(["codec", "setting", "bpp", "PSNR dB", "MS-SSIM"], rows, "matched"))
+                    rows.append(
+                        [
+                            f"  {name}",
+                            "same size",
+                            *(
+                                ("-", "cannot be that small", "")
+                                if m is None
+                                else (f"{m['bpp']:.3f}", f"{m['psnr']:.2f}", f"{m['ms_ssim']:.4f}")
+                            ),
+                        ]
+                    )
+        sections.append(
+            "<h2>At the same file size</h2><p>Each image coded by the classical codec at its best quality "
+            "whose file is no larger than ours.</p>" + _table(["codec", "setting", "bpp", "PSNR dB", "MS-SSIM"], rows, "matched")
+        )
     sections.append(_crops(result, folder, images, decoded, [c for c in codecs if c.name in CROP_CODECS], match_size))
     page = _PAGE.format(body="\n".join(sections))
     path = out_dir / "report.html"
@@ -108,9 +144,11 @@ def _crops(result, folder: Path, images, decoded, codecs, match_size) -> str:
     shown = [im for im in images if any((c, s, im.name) in decoded for c, s in middle.items())]
     if not shown:
         return ""
-    parts = ["<h2>Crops at the same file size</h2><p>For each image, the most detailed 256-pixel window: the original, "
-             "each learned curve's middle point, and each classical codec at its best quality whose whole file is no "
-             "larger than the learned one's.</p>"]
+    parts = [
+        "<h2>Crops at the same file size</h2><p>For each image, the most detailed 256-pixel window: the original, "
+        "each learned curve's middle point, and each classical codec at its best quality whose whole file is no "
+        "larger than the learned one's.</p>"
+    ]
     for k, image in enumerate(shown):
         top, left, ch, cw = crop_box(image.rgb)
         window = (slice(top, top + ch), slice(left, left + cw))
@@ -137,8 +175,10 @@ def _crops(result, folder: Path, images, decoded, codecs, match_size) -> str:
                 continue
             name = f"crop{k:02d}_{j:02d}.png"
             Image.fromarray(np.ascontiguousarray(rgb[window])).save(folder / name)
-            cells.append(f'<figure><img src="report/{name}" width="{cw}" height="{ch}" alt="{html.escape(caption)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            cells.append(
+                f'<figure><img src="report/{name}" width="{cw}" height="{ch}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
         parts.append(f'<h3>{html.escape(image.name)} (window at x={left}, y={top})</h3><div class="crops">{"".join(cells)}</div>')
     return "\n".join(parts)
 

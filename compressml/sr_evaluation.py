@@ -68,9 +68,14 @@ def save_crops(path: Path, hr: torch.Tensor, outputs: Sequence[torch.Tensor], si
     save_image(row, path)
 
 
-def evaluate_sr(models: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tensor]]], images: Sequence[tuple[str, torch.Tensor]],
-                scale: int, out_dir: Path | None = None, crop: int = 128,
-                progress: Callable[[str], None] | None = None) -> dict:
+def evaluate_sr(
+    models: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tensor]]],
+    images: Sequence[tuple[str, torch.Tensor]],
+    scale: int,
+    out_dir: Path | None = None,
+    crop: int = 128,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Score bicubic and every ``(label, upscale)`` on ``(name, hr (3, H, W))`` images at ``scale``.
 
     ``upscale`` maps a (1, 3, h, w) low-resolution tensor to (1, 3, h*s, w*s).
@@ -99,8 +104,9 @@ def evaluate_sr(models: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tenso
             rows.append({"image": name, "method": method, **sr_scores(sr, hr, scale)})
         if out_dir is not None:
             save_crops(Path(out_dir) / "crops" / f"{name.replace('/', '_').replace('.', '_')}.png", hr, outputs, crop)
-    averages = {m: {k: sum(r[k] for r in rows if r["method"] == m) / len(images) for k in ("psnr_y", "ssim_y", "psnr_rgb")}
-                for m in methods}
+    averages = {
+        m: {k: sum(r[k] for r in rows if r["method"] == m) / len(images) for k in ("psnr_y", "ssim_y", "psnr_rgb")} for m in methods
+    }
     result = {
         "scale": scale,
         "methods": methods,

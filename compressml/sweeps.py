@@ -47,17 +47,19 @@ def validation_table(jobs: list[SweepJob]) -> list[dict[str, Any]]:
     rows = []
     for j in jobs:
         best = j.summary.get("best") or {}
-        rows.append({
-            "job": j.number,
-            "label": j.label,
-            "bpp": _first(best, "val/bpp_real", "val/bpp", "val/bpp_code", "val/bpsp_real"),
-            "psnr": _first(best, "val/psnr_real", "val/psnr", "val/psnr_y"),
-            "ms_ssim": _first(best, "val/ms_ssim"),
-            "objective": j.summary.get("objective"),
-            "steps": j.summary.get("global_step"),
-            "seconds": j.summary.get("seconds"),
-            "checkpoint": str(j.checkpoint) if j.checkpoint else None,
-        })
+        rows.append(
+            {
+                "job": j.number,
+                "label": j.label,
+                "bpp": _first(best, "val/bpp_real", "val/bpp", "val/bpp_code", "val/bpsp_real"),
+                "psnr": _first(best, "val/psnr_real", "val/psnr", "val/psnr_y"),
+                "ms_ssim": _first(best, "val/ms_ssim"),
+                "objective": j.summary.get("objective"),
+                "steps": j.summary.get("global_step"),
+                "seconds": j.summary.get("seconds"),
+                "checkpoint": str(j.checkpoint) if j.checkpoint else None,
+            }
+        )
     return rows
 
 
@@ -95,8 +97,14 @@ def _write_csv(rows: list[dict], path: Path) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()), force=True)
 
 
-def sweep_report(sweep_dir: str | Path, data=None, evaluate: bool = True, codecs=("jpeg-420", "webp"),
-                 max_images: int | None = None, label: str | None = None) -> dict:
+def sweep_report(
+    sweep_dir: str | Path,
+    data=None,
+    evaluate: bool = True,
+    codecs=("jpeg-420", "webp"),
+    max_images: int | None = None,
+    label: str | None = None,
+) -> dict:
     """The report of a finished sweep, written into its folder: ``sweep_report.json/.csv`` and
     ``sweep_rd.png`` (every job's best validation), and with ``evaluate`` (LAE/MLLAE sweeps, a
     ``data`` config to take the held-out images from) the real-file evaluation of every job's
@@ -116,8 +124,7 @@ def sweep_report(sweep_dir: str | Path, data=None, evaluate: bool = True, codecs
     return report
 
 
-def _evaluate_sweep(root: Path, jobs: list[SweepJob], data, codecs: list[str], max_images: int | None,
-                    label: str | None) -> dict | None:
+def _evaluate_sweep(root: Path, jobs: list[SweepJob], data, codecs: list[str], max_images: int | None, label: str | None) -> dict | None:
     """Every job's checkpoint through real files on ``data``'s held-out images, against ``codecs``."""
     from compressml.baselines import available_codecs
     from compressml.evaluation import evaluation_images, jobs_as_models, run_evaluation
@@ -131,11 +138,22 @@ def _evaluate_sweep(root: Path, jobs: list[SweepJob], data, codecs: list[str], m
         return None
     images = evaluation_images(instantiate(data, "data"), max_images)
     out = root / EVALUATION_DIR
-    result = run_evaluation(models, images, available_codecs(codecs), out, compare=codecs, matched=(),
-                            progress=lambda msg: print(f"sweep report: evaluating {msg}", flush=True))
-    return {"output_dir": str(out), "plot": str(out / "rd.png"), "learned": result["learned"],
-            "averages": [r for r in result["averages"] if r["codec"] in result["learned"]],
-            "bd_rate": result["bd_rate"]}
+    result = run_evaluation(
+        models,
+        images,
+        available_codecs(codecs),
+        out,
+        compare=codecs,
+        matched=(),
+        progress=lambda msg: print(f"sweep report: evaluating {msg}", flush=True),
+    )
+    return {
+        "output_dir": str(out),
+        "plot": str(out / "rd.png"),
+        "learned": result["learned"],
+        "averages": [r for r in result["averages"] if r["codec"] in result["learned"]],
+        "bd_rate": result["bd_rate"],
+    }
 
 
 def log_report_to_wandb(report: dict, wandb_cfg: dict, group: str) -> str | None:
@@ -148,17 +166,28 @@ def log_report_to_wandb(report: dict, wandb_cfg: dict, group: str) -> str | None
     offline = wandb_cfg.get("offline")
     if offline is None:
         offline = not os.environ.get("WANDB_API_KEY")
-    run = wandb.init(project=wandb_cfg.get("project") or "compressml", entity=wandb_cfg.get("entity"), group=group, job_type="sweep-report",
-                     name=f"{group}-report", dir=report["sweep_dir"], mode="offline" if offline else "online",
-                     config={"sweep_dir": report["sweep_dir"], "jobs": report["jobs"]})
+    run = wandb.init(
+        project=wandb_cfg.get("project") or "compressml",
+        entity=wandb_cfg.get("entity"),
+        group=group,
+        job_type="sweep-report",
+        name=f"{group}-report",
+        dir=report["sweep_dir"],
+        mode="offline" if offline else "online",
+        config={"sweep_dir": report["sweep_dir"], "jobs": report["jobs"]},
+    )
     try:
         rows = report["table"]
-        logged = {"sweep/rd_table": wandb.Table(columns=list(TABLE_COLUMNS), data=[[r[c] for c in TABLE_COLUMNS] for r in rows]),
-                  "sweep/rd_plot": wandb.Image(report["plot"])}
+        logged = {
+            "sweep/rd_table": wandb.Table(columns=list(TABLE_COLUMNS), data=[[r[c] for c in TABLE_COLUMNS] for r in rows]),
+            "sweep/rd_plot": wandb.Image(report["plot"]),
+        }
         evaluation = report.get("evaluation")
         if evaluation:
             logged["sweep/rd_plot_real_files"] = wandb.Image(evaluation["plot"])
-            bd = [[ln, on, e.get("psnr"), e.get("ms_ssim_db")] for ln, against in evaluation["bd_rate"].items() for on, e in against.items()]
+            bd = [
+                [ln, on, e.get("psnr"), e.get("ms_ssim_db")] for ln, against in evaluation["bd_rate"].items() for on, e in against.items()
+            ]
             logged["sweep/bd_rate"] = wandb.Table(columns=["learned", "against", "bd_rate_psnr", "bd_rate_ms_ssim"], data=bd)
             for ln, on, psnr, _ in bd:
                 run.summary[f"bd_rate_psnr/{ln}/vs/{on}"] = psnr
@@ -173,8 +202,7 @@ class SweepReport(Callback):
     (:func:`sweep_report`) and log it to W&B in the sweep's group when the sweep logs to W&B.
     A report that cannot be made is a warning: the jobs' results stay as they are."""
 
-    def __init__(self, evaluate: bool = True, codecs=("jpeg-420", "webp"), max_images: int | None = None,
-                 wandb: bool = True):
+    def __init__(self, evaluate: bool = True, codecs=("jpeg-420", "webp"), max_images: int | None = None, wandb: bool = True):
         self.evaluate = evaluate
         self.codecs = list(codecs)
         self.max_images = max_images
@@ -184,7 +212,6 @@ class SweepReport(Callback):
         from omegaconf import OmegaConf
 
         from compressml.loggers import sweep_group
-
         from compressml.training import SUMMARY_FILE
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -197,8 +224,12 @@ class SweepReport(Callback):
                 group = wandb_cfg.get("group") or sweep_group(sweep_dir, config.hydra.job.name)
                 log_report_to_wandb(report, wandb_cfg, group)
         except Exception as e:  # the jobs' results stand whatever happens here
-            log.warning("sweep report not made (%s: %s); make it later with: python evaluate.py sweep=%s",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "", sweep_dir)
+            log.warning(
+                "sweep report not made (%s: %s); make it later with: python evaluate.py sweep=%s",
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+                sweep_dir,
+            )
             return
         print_report_table(report)
 
@@ -220,13 +251,16 @@ def print_report_table(report: dict) -> None:
     table = Table(title=f"sweep {report['sweep_dir']}: best validation per job", header_style="bold")
     for col in ("job", "overrides", "bpp", "PSNR dB", "MS-SSIM", "objective"):
         table.add_column(col, justify="left" if col == "overrides" else "right")
+
     def fmt(v, f):
         if isinstance(v, (list, tuple)):  # a multi-objective search
             return ", ".join(fmt(x, f) for x in v)
         return "-" if v is None else format(v, f)
 
     for r in report["table"]:
-        table.add_row(str(r["job"]), r["label"], fmt(r["bpp"], ".4f"), fmt(r["psnr"], ".2f"), fmt(r["ms_ssim"], ".4f"), fmt(r["objective"], ".4f"))
+        table.add_row(
+            str(r["job"]), r["label"], fmt(r["bpp"], ".4f"), fmt(r["psnr"], ".2f"), fmt(r["ms_ssim"], ".4f"), fmt(r["objective"], ".4f")
+        )
     console = Console(width=max(Console().width, 110))
     console.print(table)
     evaluation = report.get("evaluation")
@@ -235,5 +269,6 @@ def print_report_table(report: dict) -> None:
             text = ", ".join(f"{on} {e['psnr']:+.1f} %" for on, e in against.items() if e.get("psnr") is not None)
             if text:
                 console.print(f"BD-rate (PSNR) of {ln}: {text}")
-    console.print(f"report: {report['sweep_dir']}/{REPORT_JSON}, {REPORT_CSV}, {REPORT_PLOT}"
-                  + (f", {EVALUATION_DIR}/" if evaluation else ""))
+    console.print(
+        f"report: {report['sweep_dir']}/{REPORT_JSON}, {REPORT_CSV}, {REPORT_PLOT}" + (f", {EVALUATION_DIR}/" if evaluation else "")
+    )

@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from compressml.errors import CompressMLError, ConfigError
-from compressml.resolvers import register_resolvers
 from compressml.loggers import wandb_run_dir
+from compressml.resolvers import register_resolvers
 from compressml.systems.lae import plain
 
 register_resolvers()

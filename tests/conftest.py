@@ -26,7 +26,11 @@ TINY = [
     "model.net.latent_channels=8",
 ]
 TINY_MLLAE = [t for t in TINY if not t.startswith("model.")] + [
-    "model=mllae", "model.bytes=16", "model.block=16", "model.channels=8", "model.residual_channels=8",
+    "model=mllae",
+    "model.bytes=16",
+    "model.block=16",
+    "model.channels=8",
+    "model.residual_channels=8",
 ]
 
 

@@ -79,19 +79,22 @@ def test_upscale(photo):
         compressml.load("lae-q1").upscale(photo)
 
 
-@pytest.mark.parametrize("call, error", [
-    (lambda p: compressml.compress(p.astype(np.float32)), DataError),
-    (lambda p: compressml.compress(p[:, :, :0]), DataError),
-    (lambda p: compressml.compress("/no/such/image.png"), DataError),
-    (lambda p: compressml.compress(12), DataError),
-    (lambda p: compressml.compress(p, quality=7), ConfigError),
-    (lambda p: compressml.compress(p, quality=2.5), ConfigError),
-    (lambda p: compressml.load("no-such-model"), CheckpointError),
-    (lambda p: compressml.decompress(b"not a cml file"), cml.ContainerError),
-    (lambda p: compressml.decompress("a string"), DataError),
-    (lambda p: compressml.upscale(p, scale=3), ConfigError),
-    (lambda p: compressml.compress(p, roi=np.ones((64, 96), np.uint8)), ConfigError),
-])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda p: compressml.compress(p.astype(np.float32)), DataError),
+        (lambda p: compressml.compress(p[:, :, :0]), DataError),
+        (lambda p: compressml.compress("/no/such/image.png"), DataError),
+        (lambda p: compressml.compress(12), DataError),
+        (lambda p: compressml.compress(p, quality=7), ConfigError),
+        (lambda p: compressml.compress(p, quality=2.5), ConfigError),
+        (lambda p: compressml.load("no-such-model"), CheckpointError),
+        (lambda p: compressml.decompress(b"not a cml file"), cml.ContainerError),
+        (lambda p: compressml.decompress("a string"), DataError),
+        (lambda p: compressml.upscale(p, scale=3), ConfigError),
+        (lambda p: compressml.compress(p, roi=np.ones((64, 96), np.uint8)), ConfigError),
+    ],
+)
 def test_every_mistake_is_a_compressml_error(photo, call, error):
     with pytest.raises(error) as info:
         call(photo)
@@ -112,8 +115,12 @@ def test_variable_rate_models_take_a_continuous_quality_and_a_roi(tmp_path, phot
     from compressml.systems import LAESystem
 
     torch.manual_seed(0)
-    system = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
-                       variable_rate=True, lmbda_range=[1e-4, 10.0])
+    system = LAESystem(
+        net={"arch": "mean_scale", "channels": 8, "latent_channels": 16},
+        g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
+        variable_rate=True,
+        lmbda_range=[1e-4, 10.0],
+    )
     last = [m for m in system.net.g_a.inner.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         last.weight.mul_(20)  # an untrained analysis gives latents of a few hundredths

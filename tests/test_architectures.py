@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF, TINY, compose_train, smooth_image
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -20,7 +21,6 @@ from compressml.export import export_bundle, load_bundle, load_compressai
 from compressml.models.lae import architecture, architecture_of, build_lae, expected_layout, variants
 from compressml.models.padding import pad_to_multiple
 from compressml.systems import LAESystem, save_checkpoint
-from conftest import CONF, TINY, compose_train, smooth_image
 
 VARIANTS = variants()
 IDS = [v.variant for v in VARIANTS]
@@ -43,8 +43,15 @@ def image(spec, seed: int = 0) -> torch.Tensor:
 def test_every_fixed_rate_image_model_of_compressai_is_a_variant():
     from compressai.registry import MODELS
 
-    image_models = {n for n, c in MODELS.items() if c.__module__.startswith("compressai.models.") and "pointcloud" not in c.__module__
-                    and "video" not in c.__module__ and not n.endswith("-vbr") and n != "ssf2020"}
+    image_models = {
+        n
+        for n, c in MODELS.items()
+        if c.__module__.startswith("compressai.models.")
+        and "pointcloud" not in c.__module__
+        and "video" not in c.__module__
+        and not n.endswith("-vbr")
+        and n != "ssf2020"
+    }
     assert {v.registry_name for v in VARIANTS} == image_models
     assert len(VARIANTS) == 10
     assert {p.stem for p in (CONF / "model" / "lae").glob("*.yaml")} == {*IDS, "base"}
@@ -82,10 +89,15 @@ def test_quantizations_an_architecture_cannot_train_are_refused_in_one_line(spec
 
     for quantization in ("noise", "ste"):
         refusal = spec.quantization_refusal(quantization)
-        expected = (spec.serial and quantization == "ste") or (spec.context in ("checkerboard", "channel-groups") and quantization == "noise")
+        expected = (spec.serial and quantization == "ste") or (
+            spec.context in ("checkerboard", "channel-groups") and quantization == "noise"
+        )
         assert bool(refusal) == expected
-        make = lambda: LAESystem(net={"arch": spec.name, "channels": 8, "latent_channels": 10 if "M" in spec.widths else None},  # noqa: E731
-                                 g={"_target_": "compressml.g.RateDistortion"}, quantization=quantization)
+        make = lambda: LAESystem(
+            net={"arch": spec.name, "channels": 8, "latent_channels": 10 if "M" in spec.widths else None},
+            g={"_target_": "compressml.g.RateDistortion"},
+            quantization=quantization,
+        )
         if refusal:
             with pytest.raises(ConfigError, match=f"quantization={quantization} is not available"):
                 make()
@@ -151,7 +163,9 @@ def test_a_file_given_another_architecture_or_other_weights_fails_in_one_line(tm
     # the same through the command line: one line, no output file
     src = tmp_path / "x.cml"
     src.write_bytes(container.to_bytes())
-    system = LAESystem(net={"arch": "elic2022-official", "channels": 8, "latent_channels": 10}, g={"_target_": "compressml.g.RateDistortion"})
+    system = LAESystem(
+        net={"arch": "elic2022-official", "channels": 8, "latent_channels": 10}, g={"_target_": "compressml.g.RateDistortion"}
+    )
     ckpt = save_checkpoint(system, tmp_path / "elic.ckpt")
     assert main(["decompress", str(src), "-m", str(ckpt), "-o", str(tmp_path / "out.png")]) != 0
     assert not (tmp_path / "out.png").exists()
@@ -170,8 +184,10 @@ def test_refinement_is_offered_or_refused_in_one_line(spec):
 @pytest.mark.parametrize("spec", VARIANTS, ids=IDS)
 def test_bundle_loads_into_compressml_and_into_compressais_own_class(spec, tmp_path):
     torch.manual_seed(0)
-    system = LAESystem(net={"arch": spec.name, "channels": 8, "latent_channels": 10 if "M" in spec.widths else None},
-                       g={"_target_": "compressml.g.RateDistortion"})
+    system = LAESystem(
+        net={"arch": spec.name, "channels": 8, "latent_channels": 10 if "M" in spec.widths else None},
+        g={"_target_": "compressml.g.RateDistortion"},
+    )
     ckpt = save_checkpoint(system, tmp_path / "model.ckpt")
     graphs = spec.variant == "elic2022_official"  # the graph code is the same for all ten (all ten traced when checked)
     export_bundle(ckpt, tmp_path / "bundle", onnx=graphs, torchscript=graphs)
@@ -183,8 +199,7 @@ def test_bundle_loads_into_compressml_and_into_compressais_own_class(spec, tmp_p
     from_ckpt = CodecModel.load(ckpt)
     container = from_ckpt.encode(lae_codec.SourceImage(rgb=x))
     net, _ = load_bundle(tmp_path / "bundle")
-    assert torch.equal(lae_codec.decode(net, container, bytes.fromhex(manifest["fingerprint"])).rgb,
-                       from_ckpt.decode(container).rgb)
+    assert torch.equal(lae_codec.decode(net, container, bytes.fromhex(manifest["fingerprint"])).rgb, from_ckpt.decode(container).rgb)
     plain = load_compressai(tmp_path / "bundle")
     assert type(plain) is spec.cls
     padded, _ = pad_to_multiple(x[None], spec.stride)
@@ -197,8 +212,11 @@ def test_bundle_loads_into_compressml_and_into_compressais_own_class(spec, tmp_p
 def test_every_variant_smoke_trains_and_logs_real_bits(spec, image_folder, tmp_path):
     from compressml.training import train
 
-    summary = train(compose_train(TINY + [f"model=lae/{spec.variant}", "data=folder", f"data.root={image_folder}",
-                                          "trainer.precision=bf16-mixed"], tmp_path))
+    summary = train(
+        compose_train(
+            TINY + [f"model=lae/{spec.variant}", "data=folder", f"data.root={image_folder}", "trainer.precision=bf16-mixed"], tmp_path
+        )
+    )
     assert summary["global_step"] == 3
     assert "val/bpp_real" in summary["best"] and summary["best"]["val/bpp_real"] > 0
     ckpt = torch.load(Path(summary["last_checkpoint"]), map_location="cpu", weights_only=True)

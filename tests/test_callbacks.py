@@ -40,8 +40,14 @@ class Worsening(pl.LightningModule):
 @pytest.mark.parametrize("callback_class", [ModelCheckpoint, LightningModelCheckpoint])
 def test_last_checkpoint_is_the_latest_not_the_best(callback_class, check_val_every_n_epoch, tmp_path):
     callback = callback_class(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
-    trainer = pl.Trainer(max_epochs=4, callbacks=[callback], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, check_val_every_n_epoch=check_val_every_n_epoch)
+    trainer = pl.Trainer(
+        max_epochs=4,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+    )
     trainer.fit(Worsening())
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     best = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=True)

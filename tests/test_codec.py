@@ -21,8 +21,15 @@ from compressml.models import build_lae
 
 
 def sample_container() -> cml.Container:
-    return cml.Container(family="lae", fingerprint=bytes(range(16)), height=45, width=71, pad_h=19, pad_w=57,
-                         sections=[(1, b"\x00\x00\x00\x01\x00\x00\x00\x02"), (0x10, b"abc"), (0x10, b"")])
+    return cml.Container(
+        family="lae",
+        fingerprint=bytes(range(16)),
+        height=45,
+        width=71,
+        pad_h=19,
+        pad_w=57,
+        sections=[(1, b"\x00\x00\x00\x01\x00\x00\x00\x02"), (0x10, b"abc"), (0x10, b"")],
+    )
 
 
 def test_container_roundtrip():

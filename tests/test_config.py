@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
+from conftest import CONF, TINY, TINY_MLLAE, compose_train, run_cli
 from hydra.utils import instantiate
 
 from compressml.errors import ConfigError
 from compressml.training import check_config
-from conftest import CONF, TINY, TINY_MLLAE, compose_train, run_cli
 
 GROUPS = ["data", "model", "g", "trainer", "logger", "callbacks", "paths", "hydra", "experiment", "hparams_search", "hydra/launcher"]
 
@@ -16,8 +15,7 @@ GROUPS = ["data", "model", "g", "trainer", "logger", "callbacks", "paths", "hydr
 def options(group: str) -> list[str]:
     base = CONF / group
     # hydra/launcher is a group of its own
-    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml")
-                  if group != "hydra" or p.parent == base)
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml") if group != "hydra" or p.parent == base)
 
 
 ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
@@ -50,7 +48,10 @@ def test_lae_variants_instantiate(variant, tmp_path):
 
     model = instantiate(cfg.model, g=OmegaConf.to_container(cfg.g))
     assert model.hparams.net["arch"] == variant
-    assert type(model.net).__name__ == {"factorized": "FactorizedPrior", "hyperprior": "ScaleHyperprior", "mean_scale": "MeanScaleHyperprior"}[variant]
+    assert (
+        type(model.net).__name__
+        == {"factorized": "FactorizedPrior", "hyperprior": "ScaleHyperprior", "mean_scale": "MeanScaleHyperprior"}[variant]
+    )
 
 
 def test_default_lae_is_mean_scale(tmp_path):
@@ -90,9 +91,21 @@ def test_cli_unknown_model(tmp_path):
         (TINY + ["ckpt_path=" + __file__], "not a loadable checkpoint"),
         (TINY + ["trainer.precision=bogus"], "bogus"),
     ],
-    ids=["missing-root", "bad-root", "bad-distortion", "missing-ckpt", "bad-g-target",
-         "mllae-bytes", "mllae-quantizer", "mllae-entropy",
-         "val-crop", "workers", "negative-lr", "not-a-ckpt", "bad-precision"],
+    ids=[
+        "missing-root",
+        "bad-root",
+        "bad-distortion",
+        "missing-ckpt",
+        "bad-g-target",
+        "mllae-bytes",
+        "mllae-quantizer",
+        "mllae-entropy",
+        "val-crop",
+        "workers",
+        "negative-lr",
+        "not-a-ckpt",
+        "bad-precision",
+    ],
 )
 def test_bad_values_raise_config_errors(overrides, needle, tmp_path):
     from compressml.errors import CompressMLError
@@ -106,6 +119,6 @@ def test_bad_values_raise_config_errors(overrides, needle, tmp_path):
 def test_cli_user_error_is_one_line(tmp_path):
     res = run_cli(["train.py", *TINY, "g.lmbda=-1", f"paths.log_dir={tmp_path}"])
     assert res.returncode == 2, res.stderr[-2000:]
-    errors = [l for l in res.stderr.strip().splitlines() if l.startswith("error:")]
+    errors = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]
     assert errors == ["error: g.lmbda must be > 0, got -1.0"] or errors == ["error: g.lmbda must be > 0, got -1"]
     assert "Traceback" not in res.stderr

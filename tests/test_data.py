@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
 from PIL import Image
 
 from compressml.data import ImageFolderDataModule, KodakDataModule, SampleImagesDataModule, fit_crop, list_images, load_image
 from compressml.errors import ConfigError, DataError
-from conftest import smooth_image
 
 
 def test_list_images_is_recursive_and_filters(image_folder):
@@ -213,7 +213,7 @@ def test_cache_keeps_images_in_memory_and_gives_the_same_crops(image_folder, tmp
     deep = tmp_path / "deep"
     deep.mkdir()
     for i in range(2):
-        Image.fromarray((np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 97 + i)).save(deep / f"d{i}.png")
+        Image.fromarray(np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 97 + i).save(deep / f"d{i}.png")
     dm = ImageFolderDataModule(deep, val_ratio=0.5, crop_size=32, batch_size=1, cache=True)
     dm.setup("fit")
     assert dm.train_items[0].cached.dtype == torch.float32

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONF, ROOT, TINY, run_cli
 
 TESTS = Path(__file__).resolve().parent
@@ -146,8 +145,7 @@ def test_ddp_sim_trains_on_two_processes_and_writes_one_checkpoint(image_folder,
 @pytest.mark.slow
 def test_ddp_sim_in_a_multirun_job(image_folder, tmp_path, monkeypatch):
     # two jobs in one process: the second starts its own processes after the first one's clean-up
-    run_ddp_train(tmp_path, image_folder, monkeypatch, "g.target_bpp=0.3,0.5", "hydra.callbacks.sweep_report.evaluate=false",
-                  multirun=True)
+    run_ddp_train(tmp_path, image_folder, monkeypatch, "g.target_bpp=0.3,0.5", "hydra.callbacks.sweep_report.evaluate=false", multirun=True)
     logs = tmp_path / "logs" / "train"
     assert not (logs / "runs").exists()  # rank 1 ran the job in its folder, not a run of its own
     sweeps = list((logs / "multiruns").iterdir())
@@ -181,7 +179,10 @@ def test_multirun_job_children_run_that_job_in_its_folder(tmp_path, monkeypatch)
         cfg.hydra.runtime.cwd = str(tmp_path)
         cfg.hydra.overrides.task = ["g.lmbda=0.02", "data.batch_size=4"]
         cfg.hydra.overrides.hydra = [
-            "hydra.mode=MULTIRUN", "hydra.sweep.dir=sweeps", "hydra/launcher=basic", "hydra.job.chdir=false",
+            "hydra.mode=MULTIRUN",
+            "hydra.sweep.dir=sweeps",
+            "hydra/launcher=basic",
+            "hydra.job.chdir=false",
         ]
     saved = HydraConfig.instance().cfg
     argv = ["train.py", "-m", "-cn", "train", "g.lmbda=0.01,0.02", "data.batch_size=4", "hydra.sweep.dir=sweeps"]
@@ -196,9 +197,16 @@ def test_multirun_job_children_run_that_job_in_its_folder(tmp_path, monkeypatch)
             command, cwd = _hydra_subprocess_cmd(local_rank=1)
             os.environ.update(LOCAL_RANK="0", MASTER_PORT="12910", WORLD_SIZE="2")  # as the launcher does
         # [python, script] under pytest, [python, -m, module] under python -m pytest
-        assert command[command.index("-cn"):] == [
-            "-cn", "train", "g.lmbda=0.02", "data.batch_size=4", "hydra.job.chdir=false", "hydra.mode=RUN",
-            f'hydra.run.dir="{job_dir}"', "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null",
+        assert command[command.index("-cn") :] == [
+            "-cn",
+            "train",
+            "g.lmbda=0.02",
+            "data.batch_size=4",
+            "hydra.job.chdir=false",
+            "hydra.mode=RUN",
+            f'hydra.run.dir="{job_dir}"',
+            "hydra.job.name=train_ddp_process_1",
+            "hydra.output_subdir=null",
         ]
         assert cwd == str(tmp_path)
         # restored: the next job of this process launches its own processes, on a new port
@@ -237,8 +245,16 @@ def test_slurm_tasks_are_not_launched_again(monkeypatch):
 
     from compressml.training import compose, instantiate
 
-    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7",
-             "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}
+    slurm = {
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_JOB_ID": "7",
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1",
+    }
     for key, value in slurm.items():
         monkeypatch.setenv(key, value)
     cfg = compose(["trainer=ddp_sim", "logger=none", "callbacks=none"], "/nonexistent")
@@ -344,8 +360,9 @@ def test_every_parameter_takes_part_in_a_ddp_step(arch, one_process_group):
     from compressml.systems import LAESystem
 
     torch.manual_seed(0)
-    system = LAESystem(net={"arch": arch, "channels": 8, "latent_channels": 8},
-                       g={"_target_": "compressml.g.RateTarget", "target_bpp": 0.5})
+    system = LAESystem(
+        net={"arch": arch, "channels": 8, "latent_channels": 8}, g={"_target_": "compressml.g.RateTarget", "target_bpp": 0.5}
+    )
 
     class Step(torch.nn.Module):  # what Lightning's DDP wrapper runs: the loss training_step returns
         def __init__(self):

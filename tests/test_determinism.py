@@ -138,8 +138,11 @@ def test_exact_float32_convolutions_do_not_depend_on_summation_order_or_threads(
     from compressml.models.exact import ExactArithmetic
 
     torch.manual_seed(0)
-    layers = [torch.nn.Conv2d(32, 16, 3, padding=1), torch.nn.Conv2d(96, 8, 5, stride=2, padding=2),
-              torch.nn.ConvTranspose2d(24, 12, 5, stride=2, padding=2, output_padding=1)]
+    layers = [
+        torch.nn.Conv2d(32, 16, 3, padding=1),
+        torch.nn.Conv2d(96, 8, 5, stride=2, padding=2),
+        torch.nn.ConvTranspose2d(24, 12, 5, stride=2, padding=2, output_padding=1),
+    ]
     for layer in layers:
         x = torch.randn(2, layer.in_channels, 19, 23) * 7
         with torch.no_grad():

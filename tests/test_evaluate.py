@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_train, run_cli, save_tiny_checkpoint, smooth_image
 from PIL import Image
 
 from compressml import metrics
@@ -25,7 +26,6 @@ from compressml.evaluation import (
     quality,
     run_evaluation,
 )
-from conftest import compose_train, run_cli, save_tiny_checkpoint, smooth_image
 
 
 @pytest.fixture
@@ -84,8 +84,9 @@ def test_bd_rate_better_curve_is_negative():
     ref = ([0.25, 0.5, 1.0, 2.0], [27.0, 29.0, 31.5, 34.0])
     better = ([0.25, 0.5, 1.0, 2.0], [28.0, 30.0, 32.5, 35.0])  # +1 dB everywhere
     assert metrics.bd_rate(*ref, *better) < -5
-    table = bd_rates({"mine": {"bpp": better[0], "psnr": better[1], "ms_ssim": []}},
-                     {"jpeg": {"bpp": ref[0], "psnr": ref[1], "ms_ssim": []}})
+    table = bd_rates(
+        {"mine": {"bpp": better[0], "psnr": better[1], "ms_ssim": []}}, {"jpeg": {"bpp": ref[0], "psnr": ref[1], "ms_ssim": []}}
+    )
     assert table["mine"]["jpeg"]["psnr"] == pytest.approx(metrics.bd_rate(*ref, *better))
     assert "ms_ssim_db" not in table["mine"]["jpeg"]
 
@@ -128,8 +129,9 @@ def test_run_evaluation_writes_real_files_and_consistent_results(tmp_path, image
     models = [LearnedModel(tiny_checkpoint, "q1", "mine"), LearnedModel(second, "q2", "mine")]
     ref = write_reference(tmp_path / "ref.json")
     out = tmp_path / "eval"
-    result = run_evaluation(models, images, [CODECS["jpeg-420"], CODECS["png"]], out,
-                            settings={"jpeg-420": [20, 60, 90]}, reference=[ref], compare=["jpeg-420"])
+    result = run_evaluation(
+        models, images, [CODECS["jpeg-420"], CODECS["png"]], out, settings={"jpeg-420": [20, 60, 90]}, reference=[ref], compare=["jpeg-420"]
+    )
 
     for name in ("results.json", "results.csv", "rd.png", "curves/mine.json", "curves/jpeg-420.json"):
         assert (out / name).is_file(), name
@@ -176,10 +178,20 @@ def compose_evaluate(overrides: list[str], out_dir: Path):
 
 
 def test_evaluate_config_on_a_folder(tmp_path, image_folder, tiny_checkpoint):
-    cfg = compose_evaluate([
-        f"checkpoint={tiny_checkpoint}", "data=folder", f"data.root={image_folder}", "data.split=ratio",
-        "data.val_ratio=0.34", "codecs=[jpeg-420,webp]", "settings.jpeg-420=[30,70]", "settings.webp=[50]", "max_images=2",
-    ], tmp_path / "out")
+    cfg = compose_evaluate(
+        [
+            f"checkpoint={tiny_checkpoint}",
+            "data=folder",
+            f"data.root={image_folder}",
+            "data.split=ratio",
+            "data.val_ratio=0.34",
+            "codecs=[jpeg-420,webp]",
+            "settings.jpeg-420=[30,70]",
+            "settings.webp=[50]",
+            "max_images=2",
+        ],
+        tmp_path / "out",
+    )
     result = evaluate_from_config(cfg)
     assert len(result["images"]) == 2
     assert result["learned"] == ["compressml-hyperprior"]
@@ -188,10 +200,19 @@ def test_evaluate_config_on_a_folder(tmp_path, image_folder, tiny_checkpoint):
 
 
 def test_evaluate_config_with_refinement(tmp_path, image_folder, tiny_checkpoint):
-    cfg = compose_evaluate([
-        f"checkpoint={tiny_checkpoint}", "data=folder", f"data.root={image_folder}", "data.split=ratio",
-        "data.val_ratio=0.34", "codecs=[]", "max_images=1", "refine=[0,2]",
-    ], tmp_path / "out")
+    cfg = compose_evaluate(
+        [
+            f"checkpoint={tiny_checkpoint}",
+            "data=folder",
+            f"data.root={image_folder}",
+            "data.split=ratio",
+            "data.val_ratio=0.34",
+            "codecs=[]",
+            "max_images=1",
+            "refine=[0,2]",
+        ],
+        tmp_path / "out",
+    )
     result = evaluate_from_config(cfg)
     assert result["learned"] == ["compressml-hyperprior", "compressml-hyperprior+refine2"]
     assert (tmp_path / "out" / "files" / "compressml-hyperprior+refine2").is_dir()
@@ -253,8 +274,7 @@ def test_quality_of_identical_images():
 
 
 def test_size_matched_jpeg_is_no_larger(tmp_path, images, tiny_checkpoint):
-    result = run_evaluation([LearnedModel(tiny_checkpoint, "q1", "mine")], images, [], tmp_path / "eval",
-                            matched=[CODECS["jpeg-420"]])
+    result = run_evaluation([LearnedModel(tiny_checkpoint, "q1", "mine")], images, [], tmp_path / "eval", matched=[CODECS["jpeg-420"]])
     (row,) = result["matched"]
     ours = [r for r in result["records"] if r["codec"] == "mine"]
     if row["jpeg-420"] is None:  # a tiny untrained model's files can be smaller than any JPEG
@@ -274,8 +294,15 @@ def test_report_html_holds_the_results_and_every_picture_it_shows(tmp_path, imag
     second = save_tiny_checkpoint(tmp_path / "ckpts" / "other.ckpt", seed=1)
     models = [LearnedModel(tiny_checkpoint, "q1", "mine"), LearnedModel(second, "q2", "mine")]
     out = tmp_path / "eval"
-    result = run_evaluation(models, images, [CODECS["jpeg-420"], CODECS["webp"]], out, settings={"jpeg-420": [20, 60, 90], "webp": [30, 80]},
-                            matched=[CODECS["jpeg-420"]], report_images=2)
+    result = run_evaluation(
+        models,
+        images,
+        [CODECS["jpeg-420"], CODECS["webp"]],
+        out,
+        settings={"jpeg-420": [20, 60, 90], "webp": [30, 80]},
+        matched=[CODECS["jpeg-420"]],
+        report_images=2,
+    )
 
     class Page(HTMLParser):
         def __init__(self):

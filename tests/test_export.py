@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_image
 from PIL import Image
 
 from compressml.cli import main as cli_main
@@ -20,7 +21,6 @@ from compressml.errors import BundleError, CheckpointError, ConfigError
 from compressml.export import export_bundle, export_from_config, load_bundle, load_compressai
 from compressml.models.padding import pad_to_multiple
 from compressml.systems import LAESystem
-from conftest import smooth_image
 
 ARCHS = ("factorized", "hyperprior", "mean_scale")
 GRAPHS = {"encoder.pt", "decoder.pt", "encoder.onnx", "decoder.onnx"}
@@ -355,8 +355,9 @@ RED_FILES = {"manifest.json", "weights.safetensors", "upscaler.pt", "upscaler.on
 
 def make_red_checkpoint(path: Path, arch: str, scale: int) -> Path:
     """A tiny RED checkpoint whose body is not zero (a fresh RED with a global skip is exactly bicubic)."""
-    from compressml.systems import REDSystem
     from conftest import save_system_checkpoint
+
+    from compressml.systems import REDSystem
 
     torch.manual_seed(0)
     system = REDSystem(arch=arch, scale=scale, channels=8, blocks=1)
@@ -474,7 +475,10 @@ def test_float16_bundle_halves_the_weights_and_codes_like_itself(checkpoints, bu
     full = bundles["mean_scale"] / "weights.safetensors"
     assert summary["files"]["weights.safetensors"] < full.stat().st_size  # (the integer CDF tables dominate a tiny model)
     net, manifest = load_bundle(half)
-    assert manifest["dtype"] == "float16" and manifest["fingerprint"] != json.loads((bundles["mean_scale"] / "manifest.json").read_text())["fingerprint"]
+    assert (
+        manifest["dtype"] == "float16"
+        and manifest["fingerprint"] != json.loads((bundles["mean_scale"] / "manifest.json").read_text())["fingerprint"]
+    )
     from safetensors.torch import load_file
 
     stored = load_file(half / "weights.safetensors")
@@ -492,9 +496,16 @@ def test_float16_bundle_halves_the_weights_and_codes_like_itself(checkpoints, bu
         export_bundle(ckpt, tmp_path / "bad", dtype="int8")
 
 
-@pytest.mark.parametrize("bundle, key", [("lae-q1", "channels"), ("lae-q1", "latent_channels"),
-                                         ("mllae-lossless", "channels"), ("mllae-lossless", "block"),
-                                         ("mllae-lossless", "residual_channels")])
+@pytest.mark.parametrize(
+    "bundle, key",
+    [
+        ("lae-q1", "channels"),
+        ("lae-q1", "latent_channels"),
+        ("mllae-lossless", "channels"),
+        ("mllae-lossless", "block"),
+        ("mllae-lossless", "residual_channels"),
+    ],
+)
 @pytest.mark.parametrize("value", [10**6, 0, "64", True])
 def test_manifest_sizes_are_bounded_before_any_network_is_built(bundle, key, value):
     """A crafted manifest cannot make the loader allocate a network of any size (or a wrong type)."""

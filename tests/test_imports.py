@@ -13,8 +13,9 @@ HEAVY = ("torch_geometric", "torchvision", "torch._dynamo", "pytorch_lightning",
 
 
 def run(code: str, **env) -> str:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **env}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -11,8 +11,7 @@ from compressml.codec.container import ContainerError
 
 ints = st.integers(0, layout.MAX_INT)
 keys = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=8)
-trees = st.recursive(ints, lambda inner: st.lists(inner, max_size=4).map(tuple) | st.dictionaries(keys, inner, max_size=3),
-                     max_leaves=20)
+trees = st.recursive(ints, lambda inner: st.lists(inner, max_size=4).map(tuple) | st.dictionaries(keys, inner, max_size=3), max_leaves=20)
 
 
 @given(ints)

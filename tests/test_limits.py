@@ -27,8 +27,7 @@ _HEADER, _CRC = cml._HEADER, cml._CRC
 
 def reheader(data: bytes, **fields) -> bytes:
     """``data`` with header fields replaced (height, width, pad_h, pad_w) and the checksum redone."""
-    names = ["magic", "version", "family", "flags", "fingerprint", "height", "width", "channels", "bit_depth",
-             "pad_h", "pad_w", "sections"]
+    names = ["magic", "version", "family", "flags", "fingerprint", "height", "width", "channels", "bit_depth", "pad_h", "pad_w", "sections"]
     values = dict(zip(names, _HEADER.unpack_from(data, 0)))
     values.update(fields)
     body = _HEADER.pack(*(values[n] for n in names)) + data[_HEADER.size : -_CRC.size]
@@ -75,9 +74,15 @@ def test_crafted_sizes_fail_in_one_line_under_a_memory_limit(models, tmp_path):
     lae_bytes = lae.encode(read_source(src)).to_bytes()
     mllae_bytes = mllae.encode(read_source(src)).to_bytes()
     parsed = cml.parse(lae_bytes)
-    forged_strings = cml.Container(**{**parsed.__dict__, "sections": [
-        (k, v) if k != lae_codec.STRINGS else (k, layout.write_varint(2) + layout.write_varint((1 << 32) - 1) + b"\0" * 8)
-        for k, v in parsed.sections]}).to_bytes()
+    forged_strings = cml.Container(
+        **{
+            **parsed.__dict__,
+            "sections": [
+                (k, v) if k != lae_codec.STRINGS else (k, layout.write_varint(2) + layout.write_varint((1 << 32) - 1) + b"\0" * 8)
+                for k, v in parsed.sections
+            ],
+        }
+    ).to_bytes()
     files = {
         "lae-60000x60000": reheader(lae_bytes, height=60000, width=60000, pad_h=(-60000) % 64, pad_w=(-60000) % 64),
         "lae-16000x16000": reheader(lae_bytes, height=16000, width=16000, pad_h=0, pad_w=0),
@@ -89,20 +94,38 @@ def test_crafted_sizes_fail_in_one_line_under_a_memory_limit(models, tmp_path):
         path = tmp_path / f"{name}.cml"
         path.write_bytes(data)
         family = name.split("-")[0]
-        cases.append({"name": name, "file": str(path), "model": models[family], "out": str(tmp_path / f"{name}.png"),
-                      **({"env": {ENV_MAX_PIXELS: str(1 << 32)}} if family == "mllae" else {})})
+        cases.append(
+            {
+                "name": name,
+                "file": str(path),
+                "model": models[family],
+                "out": str(tmp_path / f"{name}.png"),
+                **({"env": {ENV_MAX_PIXELS: str(1 << 32)}} if family == "mllae" else {}),
+            }
+        )
     sparse = tmp_path / "huge.cml"  # a file larger than any image within the ceiling needs: not even read
     with open(sparse, "wb") as f:
         f.write(lae_bytes[:64])
         f.truncate(DEFAULT_MAX_PIXELS * 8 + (2 << 20))
     cases.append({"name": "file-of-2GiB", "file": str(sparse), "model": models["lae"], "out": str(tmp_path / "huge.png")})
-    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(models), json.dumps(cases)], capture_output=True, check=False,
-                          text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(models), json.dumps(cases)],
+        capture_output=True,
+        check=False,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = {"lae-60000x60000": "above the limit", "lae-16000x16000": "needs about",
-                "lae-2^32-string-bytes": "claims 4294967295 bytes", "mllae-65520x65520": "needs about",
-                "file-of-2GiB": "more than any image"}
+    expected = {
+        "lae-60000x60000": "above the limit",
+        "lae-16000x16000": "needs about",
+        "lae-2^32-string-bytes": "claims 4294967295 bytes",
+        "mllae-65520x65520": "needs about",
+        "file-of-2GiB": "more than any image",
+    }
     for name, phrase in expected.items():
         r = results[name]
         assert r["rc"] == 2, (name, r)

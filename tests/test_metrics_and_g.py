@@ -63,7 +63,9 @@ def test_rate_distortion_value_and_sign():
     assert ms(torch.tensor(0.95), torch.tensor(0.2)).item() == pytest.approx(-(10 * 0.05 + 0.2))
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"lmbda": -1}, "> 0"), ({"lmbda": 0}, "> 0"), ({"lmbda": "x"}, "number"), ({"distortion": "psnr"}, "distortion")])
+@pytest.mark.parametrize(
+    "kwargs,needle", [({"lmbda": -1}, "> 0"), ({"lmbda": 0}, "> 0"), ({"lmbda": "x"}, "number"), ({"distortion": "psnr"}, "distortion")]
+)
 def test_rate_distortion_rejects_bad_values(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         RateDistortion(**kwargs)
@@ -128,12 +130,14 @@ def test_rate_target_and_perceptual_values():
 
 
 def _train_lae_on_a_fixed_batch(g_spec: dict, steps: int):
-    from compressml.systems import LAESystem
     from conftest import smooth_image
 
+    from compressml.systems import LAESystem
+
     torch.manual_seed(0)
-    system = LAESystem(net={"arch": "factorized", "channels": 16, "latent_channels": 16}, g=g_spec,
-                       optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
+    system = LAESystem(
+        net={"arch": "factorized", "channels": 16, "latent_channels": 16}, g=g_spec, optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3}
+    )
     system.train()
     x = torch.stack([torch.from_numpy(smooth_image(32, 32, seed=s)).permute(2, 0, 1).float() / 255 for s in range(4)])
     opt = torch.optim.Adam(system.parameters(), lr=3e-3)
@@ -158,8 +162,9 @@ def test_distortion_cap_moves_toward_its_cap():
 def test_adapted_multiplier_is_kept_in_checkpoints(tmp_path):
     from compressml.systems import LAESystem, load_system, save_checkpoint
 
-    system = LAESystem(net={"arch": "factorized", "channels": 8, "latent_channels": 8},
-                       g={"_target_": "compressml.g.RateTarget", "target_bpp": 0.3})
+    system = LAESystem(
+        net={"arch": "factorized", "channels": 8, "latent_channels": 8}, g={"_target_": "compressml.g.RateTarget", "target_bpp": 0.3}
+    )
     system.g.multiplier = 7.5  # as if training had adapted it
     loaded = load_system(save_checkpoint(system, tmp_path / "g.ckpt"))
     assert loaded.g.multiplier == 7.5 and type(loaded.g).__name__ == "RateTarget"
@@ -167,7 +172,6 @@ def test_adapted_multiplier_is_kept_in_checkpoints(tmp_path):
 
 def test_rate_target_moves_toward_its_target():
     # a target below the untrained model's rate: the multiplier rises and the rate falls toward it
-    _, h = _train_lae_on_a_fixed_batch({"_target_": "compressml.g.RateTarget", "target_bpp": 0.2, "lmbda": 0.001,
-                                        "step_size": 0.2}, 40)
+    _, h = _train_lae_on_a_fixed_batch({"_target_": "compressml.g.RateTarget", "target_bpp": 0.2, "lmbda": 0.001, "step_size": 0.2}, 40)
     assert h[0]["bpp"] > 0.2 and h[0]["g_violation"] > 0
     assert h[-1]["bpp"] < h[0]["bpp"] - 0.2 * (h[0]["bpp"] - 0.2) and h[-1]["g_multiplier"] > h[0]["g_multiplier"]

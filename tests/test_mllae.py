@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_system_checkpoint, smooth_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -22,7 +23,6 @@ from compressml.errors import CompressMLError, ConfigError
 from compressml.models.mllae import MLLAE, derive_geometry
 from compressml.models.quantizers import QUANTIZERS, build_quantizer
 from compressml.systems import MLLAESystem, load_system
-from conftest import save_system_checkpoint, smooth_image
 
 FP = bytes(range(16))
 
@@ -49,12 +49,15 @@ def test_geometry_fits_the_budget(block, bits, n):
     assert g.block % g.stride == 0 and g.latent_channels >= 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"bytes": 64, "block": 48}, "power of two"),
-    ({"bytes": 3 * 16 * 16, "block": 16}, "model.bytes"),
-    ({"bytes": 0}, "model.bytes"),
-    ({"bytes": 8, "stride": 3}, "stride"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bytes": 64, "block": 48}, "power of two"),
+        ({"bytes": 3 * 16 * 16, "block": 16}, "model.bytes"),
+        ({"bytes": 0}, "model.bytes"),
+        ({"bytes": 8, "stride": 3}, "stride"),
+    ],
+)
 def test_bad_geometry_is_a_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         derive_geometry(**kwargs)
@@ -242,7 +245,12 @@ def reframe(body: bytes) -> bytes:
 def test_tampered_mllae_sections_are_refused(lossless_checkpoint):
     model = CodecModel.load(lossless_checkpoint)
     container = model.encode(to_source(smooth_image(20, 30)))
-    for kind, payload in [(codec.LENGTHS, b"\xff\xff\xff\xff\xff\x01"), (codec.BLOCKS, b"\x00"), (codec.RESIDUAL, b"\x00" * 8), (codec.META, b"\x00")]:
+    for kind, payload in [
+        (codec.LENGTHS, b"\xff\xff\xff\xff\xff\x01"),
+        (codec.BLOCKS, b"\x00"),
+        (codec.RESIDUAL, b"\x00" * 8),
+        (codec.META, b"\x00"),
+    ]:
         sections = [(k, payload if k == kind else p) for k, p in container.sections]
         bad = cml.Container(**{**container.__dict__, "sections": sections})
         with pytest.raises(cml.ContainerError):
@@ -272,16 +280,28 @@ def test_lossless_coding_beyond_the_memory_is_a_one_line_error(lossless_checkpoi
 # -- training -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("quantizer, bits, distortion, lossless", [
-    ("binary_noise", 1, "mse", False),
-    ("uniform_noise", 2, "l1", False),
-    ("ste", 3, "l1_ssim", False),
-    ("ste", 2, "l1", True),
-])
+@pytest.mark.parametrize(
+    "quantizer, bits, distortion, lossless",
+    [
+        ("binary_noise", 1, "mse", False),
+        ("uniform_noise", 2, "l1", False),
+        ("ste", 3, "l1_ssim", False),
+        ("ste", 2, "l1", True),
+    ],
+)
 def test_a_few_steps_reduce_the_loss(quantizer, bits, distortion, lossless):
     torch.manual_seed(0)
-    system = MLLAESystem(bytes=24, block=16, channels=16, residual_channels=8, quantizer=quantizer, bits=bits,
-                         distortion=distortion, lossless=lossless, noise=0.5)
+    system = MLLAESystem(
+        bytes=24,
+        block=16,
+        channels=16,
+        residual_channels=8,
+        quantizer=quantizer,
+        bits=bits,
+        distortion=distortion,
+        lossless=lossless,
+        noise=0.5,
+    )
     x = torch.from_numpy(np.stack([smooth_image(32, 32, seed=s) for s in range(4)])).permute(0, 3, 1, 2).float() / 255
     opt = torch.optim.Adam(system.parameters(), lr=3e-3)
     losses = []

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONF, compose_train, save_tiny_checkpoint, smooth_image
 from PIL import Image
 
 from compressml import premade
 from compressml.cli import main as cli
 from compressml.codec.bundle import load_bundle
-from conftest import CONF, compose_train, save_tiny_checkpoint, smooth_image
 
 SIZE_LIMIT = 25 * 1024 * 1024
 EVALUATION_SETS = ("kodak", "set5", "set14")
@@ -141,14 +141,23 @@ def test_folders_recursive_with_a_summary_failures_reported_and_the_batch_going_
     code = main(["compress", str(src), "-o", str(tmp_path / "cml"), "-q", "1"])
     captured = capsys.readouterr()
     assert code == 1  # one file failed; the others were written
-    assert sorted(p.relative_to(tmp_path / "cml").as_posix() for p in (tmp_path / "cml").rglob("*.cml")) == ["a.cml", "sub/b.cml", "sub/c.cml"]
+    assert sorted(p.relative_to(tmp_path / "cml").as_posix() for p in (tmp_path / "cml").rglob("*.cml")) == [
+        "a.cml",
+        "sub/b.cml",
+        "sub/c.cml",
+    ]
     assert "broken.png" in captured.err and captured.err.count("\n") == 2  # one line for the file, one for the count
     assert "3 of 4 file(s)" in captured.out and "ratio" in captured.out and "mean bpp" in captured.out
     assert not (tmp_path / "cml" / "sub" / "broken.cml").exists()
     code = main(["decompress", str(tmp_path / "cml"), "-o", str(tmp_path / "out"), "--format", "bmp", "--originals", str(src)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == ["a.bmp", "sub", "sub/b.bmp", "sub/c.bmp"]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")) == [
+        "a.bmp",
+        "sub",
+        "sub/b.bmp",
+        "sub/c.bmp",
+    ]
     assert "mean PSNR dB" in captured.out and " dB" in captured.out.splitlines()[0]
     # a single bad file keeps the one-line error and its exit status
     assert main(["compress", str(src / "sub" / "broken.png"), "-o", str(tmp_path / "x.cml")]) == 2

@@ -4,11 +4,11 @@ the registry, as one multirun (the sweep over ladder.quality), each job with Com
 from __future__ import annotations
 
 import pytest
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from compressml.models.lae import build_lae, variants
-from conftest import CONF
 
 MSE = {"q1": 0.0018, "q2": 0.0035, "q3": 0.0067, "q4": 0.0130, "q5": 0.0250, "q6": 0.0483, "q7": 0.0932, "q8": 0.1800}
 MS_SSIM = {"q1": 2.40, "q3": 8.73, "q6": 60.50}

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, compose_train, smooth_image
 from PIL import Image
 
 from compressml import metrics
+from compressml.codec.upscale import Upscaler, upscale_tensor
 from compressml.data.datamodules import ImageDataset, ImageFolderDataModule, ImageItem
 from compressml.data.images import load_image
 from compressml.errors import ConfigError, DataError
 from compressml.models.red import RED, bicubic_upscale, downscale, mod_crop
 from compressml.systems import REDSystem, load_system, save_checkpoint
-from compressml.codec.upscale import Upscaler, upscale_tensor
-from conftest import TINY, compose_train, smooth_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,6 +55,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 def y_psnr_by_hand(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
     """(H, W, 3) float RGB in [0, 1]: BT.601 Y as MATLAB's rgb2ycbcr, border cropped, PSNR in dB."""
+
     def y(a):
         return (16 + 65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255
 
@@ -159,8 +160,9 @@ def test_bad_loss_is_a_config_error():
         REDSystem(arch="espcn", loss="l2")
 
 
-@pytest.mark.parametrize("override, message", [("model.scale=5", "model.scale"), ("model.arch=srcnn", "model.arch"),
-                                               ("model.loss=l2", "model.loss")])
+@pytest.mark.parametrize(
+    "override, message", [("model.scale=5", "model.scale"), ("model.arch=srcnn", "model.arch"), ("model.loss=l2", "model.loss")]
+)
 def test_bad_red_config_stops_training_with_a_config_error(override, message, tmp_path):
     from compressml.training import train
 
@@ -169,8 +171,9 @@ def test_bad_red_config_stops_training_with_a_config_error(override, message, tm
         train(compose_train(overrides, tmp_path))
 
 
-@pytest.mark.parametrize("variant, arch, lr", [("red", "edsr", 1e-4), ("red/espcn", "espcn", 1e-3),
-                                               ("red/fsrcnn", "fsrcnn", 1e-3), ("red/edsr", "edsr", 1e-4)])
+@pytest.mark.parametrize(
+    "variant, arch, lr", [("red", "edsr", 1e-4), ("red/espcn", "espcn", 1e-3), ("red/fsrcnn", "fsrcnn", 1e-3), ("red/edsr", "edsr", 1e-4)]
+)
 def test_model_configs_compose(variant, arch, lr, tmp_path):
     cfg = compose_train([f"model={variant}", "model.scale=3"], tmp_path)
     assert cfg.model._target_ == "compressml.systems.REDSystem"
@@ -181,8 +184,9 @@ def test_model_configs_compose(variant, arch, lr, tmp_path):
 # -- 2. it learns ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch, width", [("espcn", {"channels": 16}), ("fsrcnn", {"channels": 16, "blocks": 1}),
-                                         ("edsr", {"channels": 8, "blocks": 1})])
+@pytest.mark.parametrize(
+    "arch, width", [("espcn", {"channels": 16}), ("fsrcnn", {"channels": 16, "blocks": 1}), ("edsr", {"channels": 8, "blocks": 1})]
+)
 def test_short_training_beats_bicubic_on_its_batch(arch, width):
     torch.manual_seed(0)
     system = REDSystem(arch=arch, scale=2, **width)
@@ -324,8 +328,9 @@ def test_image_dataset_pairs():
 
 
 def test_folder_datamodule_pairs_set_by_the_system(image_folder):
-    dm = ImageFolderDataModule(root=image_folder, split="ratio", val_ratio=0.34, crop_size=32, val_crop_size=29,
-                               batch_size=2, num_workers=0)
+    dm = ImageFolderDataModule(
+        root=image_folder, split="ratio", val_ratio=0.34, crop_size=32, val_crop_size=29, batch_size=2, num_workers=0
+    )
     assert dm.pair_scale is None
     system = REDSystem(arch="edsr", scale=3, channels=8, blocks=1)
     system.adapt_datamodule(dm)
@@ -340,8 +345,7 @@ def test_folder_datamodule_pairs_set_by_the_system(image_folder):
     terms = system.compute_losses((lr, hr))
     assert terms["x_hat"].shape == hr.shape and torch.equal(terms["target"], hr)
     # plain image batches still come out of a module nobody adapted
-    dm2 = ImageFolderDataModule(root=image_folder, split="ratio", val_ratio=0.34, crop_size=32, batch_size=2,
-                                num_workers=0)
+    dm2 = ImageFolderDataModule(root=image_folder, split="ratio", val_ratio=0.34, crop_size=32, batch_size=2, num_workers=0)
     dm2.setup("fit")
     assert isinstance(next(iter(dm2.train_dataloader())), torch.Tensor)
 
@@ -526,7 +530,11 @@ def test_hydra_training_writes_a_red_checkpoint(image_folder, tmp_path):
     from compressml.training import train
 
     overrides = [t for t in TINY if not t.startswith("model.")] + [
-        "model=red/espcn", "model.scale=2", "model.channels=8", "data=folder", f"data.root={image_folder}",
+        "model=red/espcn",
+        "model.scale=2",
+        "model.channels=8",
+        "data=folder",
+        f"data.root={image_folder}",
     ]
     summary = train(compose_train(overrides, tmp_path / "run"))
     assert summary["global_step"] == 3
@@ -566,7 +574,11 @@ def test_evaluate_red_checkpoint_on_a_folder(tmp_path, sr_images, red_checkpoint
     assert result["methods"] == ["bicubic", "red_x2"]
     rows = result["images"]
     assert sorted((r["image"], r["method"]) for r in rows) == [
-        ("a.png", "bicubic"), ("a.png", "red_x2"), ("b.png", "bicubic"), ("b.png", "red_x2")]
+        ("a.png", "bicubic"),
+        ("a.png", "red_x2"),
+        ("b.png", "bicubic"),
+        ("b.png", "red_x2"),
+    ]
     # bicubic's row, recomputed here: crop to a multiple of 2, downscale, bicubic, 8 bits, Y, border 2
     for name in ("a.png", "b.png"):
         hr = mod_crop(load_image(sr_images / name)[None], 2)
@@ -576,8 +588,9 @@ def test_evaluate_red_checkpoint_on_a_folder(tmp_path, sr_images, red_checkpoint
         assert row["psnr_y"] == pytest.approx(expected, abs=1e-3)
         assert 0 < row["ssim_y"] <= 1
     model_rows = [r for r in rows if r["method"] == "red_x2"]
-    assert all(r["psnr_y"] != next(b for b in rows if b["image"] == r["image"] and b["method"] == "bicubic")["psnr_y"]
-               for r in model_rows)  # the perturbed model is not bicubic
+    assert all(
+        r["psnr_y"] != next(b for b in rows if b["image"] == r["image"] and b["method"] == "bicubic")["psnr_y"] for r in model_rows
+    )  # the perturbed model is not bicubic
     for method in result["methods"]:
         mine = [r for r in rows if r["method"] == method]
         for key in ("psnr_y", "ssim_y", "psnr_rgb"):
@@ -597,8 +610,11 @@ def test_evaluate_red_checkpoint_on_a_folder(tmp_path, sr_images, red_checkpoint
 def test_evaluate_label_names_the_red_model(tmp_path, sr_images, red_checkpoint):
     from compressml.evaluation import evaluate_from_config
 
-    cfg = compose_train([f"checkpoint={red_checkpoint}", f"images={sr_images}", "label=mine", "tile=16",
-                         "max_images=1"], tmp_path / "out", config_name="evaluate")
+    cfg = compose_train(
+        [f"checkpoint={red_checkpoint}", f"images={sr_images}", "label=mine", "tile=16", "max_images=1"],
+        tmp_path / "out",
+        config_name="evaluate",
+    )
     result = evaluate_from_config(cfg)
     assert result["methods"] == ["bicubic", "mine"]
     assert {r["image"] for r in result["images"]} == {"a.png"}
@@ -608,8 +624,7 @@ def test_evaluate_refuses_red_mixed_with_a_codec(tmp_path, sr_images, red_checkp
     from compressml.evaluation import evaluate_from_config
 
     out = tmp_path / "out"
-    cfg = compose_train([f"checkpoint=[{red_checkpoint},{tiny_checkpoint}]", f"images={sr_images}"], out,
-                        config_name="evaluate")
+    cfg = compose_train([f"checkpoint=[{red_checkpoint},{tiny_checkpoint}]", f"images={sr_images}"], out, config_name="evaluate")
     with pytest.raises(ConfigError, match="RED"):
         evaluate_from_config(cfg)
     assert not (out / "results.json").exists()
@@ -678,8 +693,8 @@ def test_hybrid_with_an_lae_base(tmp_path, red_checkpoint, tiny_checkpoint):
 
 def test_hybrid_refuses_other_weights_bad_meta_and_bad_options(tmp_path, red_checkpoint):
     from compressml.codec import container as cml
-    from compressml.codec.hybrid import META, HybridCodec
     from compressml.codec.container import ContainerError
+    from compressml.codec.hybrid import META, HybridCodec
 
     codec = HybridCodec.load(str(red_checkpoint), "webp", 50)
     container = codec.encode(_source(20, 20))
@@ -722,8 +737,17 @@ def test_evaluate_draws_the_hybrid_curve(tmp_path, sr_images, red_checkpoint):
     from compressml.evaluation import evaluate_from_config
 
     out = tmp_path / "out"
-    cfg = compose_train([f"images={sr_images}", "codecs=[webp]", "matched=[]", "compare=[webp]",
-                         f"hybrid=[{{red: {red_checkpoint}, base: webp, settings: [20, 80]}}]"], out, config_name="evaluate")
+    cfg = compose_train(
+        [
+            f"images={sr_images}",
+            "codecs=[webp]",
+            "matched=[]",
+            "compare=[webp]",
+            f"hybrid=[{{red: {red_checkpoint}, base: webp, settings: [20, 80]}}]",
+        ],
+        out,
+        config_name="evaluate",
+    )
     result = evaluate_from_config(cfg)
     assert result["learned"] == ["hybrid-webp+red-x2"]
     points = [r for r in result["averages"] if r["codec"] == "hybrid-webp+red-x2"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import photo_crop
 from PIL import Image
 
 from compressml import premade
@@ -21,7 +22,6 @@ from compressml.evaluation import LearnedModel, with_refinement
 from compressml.models import build_lae
 from compressml.models.lae import Refinement, compress, compress_latents, stride_of
 from compressml.models.padding import pad_to_multiple
-from conftest import photo_crop
 
 
 @pytest.mark.parametrize("arch", ["factorized", "hyperprior", "mean_scale"])

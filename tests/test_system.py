@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import smooth_image
 
 from compressml.errors import CheckpointError, ConfigError
 from compressml.systems import LAESystem
-from conftest import smooth_image
 
 G = {"_target_": "compressml.g.RateDistortion", "lmbda": 0.01}
 
@@ -96,12 +96,14 @@ def test_user_g_callable_and_bad_specs():
 
 
 def test_init_from_copies_weights_and_refuses_other_models(tmp_path):
-    from compressml.systems.loading import init_weights
     from conftest import save_tiny_checkpoint
 
+    from compressml.systems.loading import init_weights
+
     path = save_tiny_checkpoint(tmp_path / "a.ckpt", arch="mean_scale", seed=3)
-    system = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 8},
-                       g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.05})
+    system = LAESystem(
+        net={"arch": "mean_scale", "channels": 8, "latent_channels": 8}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.05}
+    )
     init_weights(system, path)
     saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     for key, value in system.state_dict().items():

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, TINY_MLLAE, compose_train
 
 from compressml.data import load_image
 from compressml.loggers import read_wandb_offline_history
 from compressml.models import compress, decompress, forward_padded
 from compressml.systems import load_lae
 from compressml.training import train
-from conftest import TINY, TINY_MLLAE, compose_train
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +55,15 @@ def test_fast_cpu_recipe_trains_and_its_checkpoint_codes_and_exports(image_folde
     from compressml.export import export_bundle, load_bundle
 
     summary = run(
-        ["model=lae/mean_scale", "data=folder", f"data.root={image_folder}", "data.cache=true",
-         "trainer.precision=bf16-mixed", "model.quantization=ste", "model.channels_last=true"],
+        [
+            "model=lae/mean_scale",
+            "data=folder",
+            f"data.root={image_folder}",
+            "data.cache=true",
+            "trainer.precision=bf16-mixed",
+            "model.quantization=ste",
+            "model.channels_last=true",
+        ],
         tmp_path,
     )
     assert summary["global_step"] == 3 and "val/bpp_real" in summary["best"]
@@ -87,8 +94,18 @@ def test_last_checkpoint_holds_the_last_step(final_save, image_folder, tmp_path,
     if not final_save:  # what Lightning alone does: the check below would fail without the final save
         monkeypatch.setattr(OurModelCheckpoint, "on_train_end", ModelCheckpoint.on_train_end)
     # validation (and checkpointing) every second epoch of 3 steps: at step 6; the run stops at step 7
-    summary = run(["model=lae/factorized", "data=folder", f"data.root={image_folder}", "trainer.max_epochs=-1",
-                   "trainer.max_steps=7", "trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=2"], tmp_path)
+    summary = run(
+        [
+            "model=lae/factorized",
+            "data=folder",
+            f"data.root={image_folder}",
+            "trainer.max_epochs=-1",
+            "trainer.max_steps=7",
+            "trainer.limit_train_batches=3",
+            "trainer.check_val_every_n_epoch=2",
+        ],
+        tmp_path,
+    )
     saved = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)["global_step"]
     assert summary["global_step"] == 7
     assert saved == (7 if final_save else 6)
@@ -124,7 +141,14 @@ def test_wandb_offline_run_holds_metrics_and_resume_continues(image_folder, tmp_
     assert any(k.startswith("val/reconstruction") for k in keys)
 
     resumed = run(
-        ["logger=csv", *data, f"ckpt_path={first['last_checkpoint']}", "trainer.max_steps=5", "trainer.limit_train_batches=10", "trainer.max_epochs=3"],
+        [
+            "logger=csv",
+            *data,
+            f"ckpt_path={first['last_checkpoint']}",
+            "trainer.max_steps=5",
+            "trainer.limit_train_batches=10",
+            "trainer.max_epochs=3",
+        ],
         tmp_path / "second",
     )
     assert resumed["global_step"] == 5

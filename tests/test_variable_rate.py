@@ -23,8 +23,7 @@ ARCHS = ["mean_scale", "cheng2020-anchor-checkerboard", "elic2022-chandelier"]
 def tiny_vr(arch: str = "mean_scale", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     latent = 16 if arch != "elic2022-chandelier" else 20
-    net = build_lae(arch, 8, latent if arch != "cheng2020-anchor-checkerboard" else 8, variable_rate=True,
-                    lmbda_range=[1e-4, 10.0]).eval()
+    net = build_lae(arch, 8, latent if arch != "cheng2020-anchor-checkerboard" else 8, variable_rate=True, lmbda_range=[1e-4, 10.0]).eval()
     last = [m for m in net.g_a.inner.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():  # an untrained analysis gives latents of a few hundredths: all zeros below q 50
         last.weight.mul_(20)
@@ -121,8 +120,12 @@ def test_rate_control_meets_each_target_on_the_real_file():
         assert len(model.at(q + rate_control.QUALITY_STEP).encode(image).to_bytes()) > budget
     with pytest.raises(rate_control.RateControlError, match="lowest quality"):
         encode_image(model, image, RateRequest(target="max_bytes", value=low - 1))
-    psnrs = [rate_control.control([rate_control.Rung("q", lambda q=q: model.at(q).encode(image), lambda c: model.decode(c).rgb)],
-                                  "psnr", 1.0, image.rgb).achieved for q in (0, 100)]
+    psnrs = [
+        rate_control.control(
+            [rate_control.Rung("q", lambda q=q: model.at(q).encode(image), lambda c: model.decode(c).rgb)], "psnr", 1.0, image.rgb
+        ).achieved
+        for q in (0, 100)
+    ]
     goal_psnr = sum(psnrs) / 2
     container, chosen = encode_image(model, image, RateRequest(target="psnr", value=goal_psnr))
     decoded = model.decode(cml.parse(container.to_bytes())).rgb
@@ -150,8 +153,14 @@ def test_training_draws_lambda_and_gives_it_to_g():
             seen.append(context.get("lmbda"))
             return super().__call__(distortion, rate, **context)
 
-    system = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g=Spy(0.01),
-                       variable_rate=True, lmbda_range=[0.001, 0.1], rate_maps=0.5, val_qualities=[0, 100])
+    system = LAESystem(
+        net={"arch": "mean_scale", "channels": 8, "latent_channels": 16},
+        g=Spy(0.01),
+        variable_rate=True,
+        lmbda_range=[0.001, 0.1],
+        rate_maps=0.5,
+        val_qualities=[0, 100],
+    )
     system.train()
     x = torch.rand(2, 3, 64, 64)
     torch.manual_seed(0)
@@ -198,8 +207,12 @@ def vr_bundle(tmp_path_factory):
     from compressml.export import export_bundle
 
     torch.manual_seed(0)
-    system = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
-                       variable_rate=True, lmbda_range=[1e-4, 10.0])
+    system = LAESystem(
+        net={"arch": "mean_scale", "channels": 8, "latent_channels": 16},
+        g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
+        variable_rate=True,
+        lmbda_range=[1e-4, 10.0],
+    )
     folder = tmp_path_factory.mktemp("vr")
     ckpt = save_system_checkpoint(system, folder / "vr.ckpt")
     export_bundle(ckpt, folder / "bundle", onnx=False, torchscript=False)
@@ -276,11 +289,16 @@ def test_init_from_a_float16_bundle_keeps_the_constant_bounds_and_makes_a_fixed_
     from compressml.systems.loading import init_weights
 
     torch.manual_seed(0)
-    fixed = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01})
+    fixed = LAESystem(
+        net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01}
+    )
     ckpt = save_system_checkpoint(fixed, tmp_path / "fixed.ckpt")
     export_bundle(ckpt, tmp_path / "b16", onnx=False, torchscript=False, dtype="float16")
-    vr = LAESystem(net={"arch": "mean_scale", "channels": 8, "latent_channels": 16}, g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
-                   variable_rate=True)
+    vr = LAESystem(
+        net={"arch": "mean_scale", "channels": 8, "latent_channels": 16},
+        g={"_target_": "compressml.g.RateDistortion", "lmbda": 0.01},
+        variable_rate=True,
+    )
     init_weights(vr, tmp_path / "b16")
     state = vr.state_dict()
     assert float(state["net.gaussian_conditional.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)  # 0 in float16
@@ -301,8 +319,9 @@ def test_init_from_a_float16_bundle_keeps_the_constant_bounds_and_makes_a_fixed_
 def test_each_architecture_trains_variable_rate_with_quality_maps(arch):
     latent = {"mean_scale": 16, "cheng2020-anchor-checkerboard": 8, "elic2022-chandelier": 20}[arch]
     torch.manual_seed(0)
-    system = LAESystem(net={"arch": arch, "channels": 8, "latent_channels": latent}, g=RateDistortion(0.01),
-                       variable_rate=True, rate_maps=1.0)
+    system = LAESystem(
+        net={"arch": arch, "channels": 8, "latent_channels": latent}, g=RateDistortion(0.01), variable_rate=True, rate_maps=1.0
+    )
     system.train()
     terms = system.compute_losses(torch.rand(2, 3, 64, 64))
     terms["loss"].backward()
@@ -333,8 +352,9 @@ def test_evaluate_draws_a_whole_curve_from_one_variable_rate_model(tmp_path):
     data = cml.parse((tmp_path / "files" / "compressml-mean_scale-vr" / "q100" / "im0.cml").read_bytes())
     assert lae_codec.Rate.read(data.section(lae_codec.RATE)).quality == 100.0
     with pytest.raises(ConfigError, match="variable-rate"):
-        run_evaluation([LearnedModel(Path("fixed.ckpt"), "fixed", qualities=(50.0,))], images, [], tmp_path / "x",
-                       load_model=by_path.__getitem__)
+        run_evaluation(
+            [LearnedModel(Path("fixed.ckpt"), "fixed", qualities=(50.0,))], images, [], tmp_path / "x", load_model=by_path.__getitem__
+        )
     assert parse_qualities(50) == (50.0,) and parse_qualities([100, 0, 0]) == (0.0, 100.0)
     for bad in ([], [101], ["a"], True):
         with pytest.raises(ConfigError, match="qualities"):

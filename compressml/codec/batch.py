@@ -24,16 +24,20 @@ class BatchResult:
     def summary(self) -> dict:
         r = self.records
         total_in, total_out = sum(x["bytes_in"] for x in r), sum(x["bytes_out"] for x in r)
-        out = {"files": len(r), "failed": len(self.failures), "bytes_in": total_in, "bytes_out": total_out,
-               "ratio": total_in / total_out if total_out else float("nan")}
+        out = {
+            "files": len(r),
+            "failed": len(self.failures),
+            "bytes_in": total_in,
+            "bytes_out": total_out,
+            "ratio": total_in / total_out if total_out else float("nan"),
+        }
         for key in ("bpp", "psnr"):
             values = [x[key] for x in r if x.get(key) is not None]
             out[key] = float(np.mean(values)) if values else None
         return out
 
 
-def run_batch(jobs: Sequence[tuple[Path, Path]], work: Callable[[Path, Path], dict], line: Callable[[dict], str],
-              what: str) -> BatchResult:
+def run_batch(jobs: Sequence[tuple[Path, Path]], work: Callable[[Path, Path], dict], line: Callable[[dict], str], what: str) -> BatchResult:
     """``work(src, dst)`` for every job; a :class:`CompressMLError` on one file of several is printed as
     one line (``error: ...``) and the batch goes on (a single file's error is raised as it is).
     ``line`` formats a done file's line."""
@@ -84,8 +88,11 @@ def print_summary(result: BatchResult, title: str) -> None:
 
     s = result.summary()
     table = Table(title=title, header_style="bold")
-    columns = ["files", "failed", "bytes in", "bytes out", "ratio"] + (["mean bpp"] if s["bpp"] is not None else []) + (
-        ["mean PSNR dB"] if s["psnr"] is not None else [])
+    columns = (
+        ["files", "failed", "bytes in", "bytes out", "ratio"]
+        + (["mean bpp"] if s["bpp"] is not None else [])
+        + (["mean PSNR dB"] if s["psnr"] is not None else [])
+    )
     for col in columns:
         table.add_column(col, justify="right")
     row = [str(s["files"]), str(s["failed"]), f"{s['bytes_in']:,}", f"{s['bytes_out']:,}", f"{s['ratio']:.2f}"]

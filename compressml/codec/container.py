@@ -94,8 +94,18 @@ class Container:
             raise ContainerError("fingerprint must be 16 bytes")
         parts = [
             _HEADER.pack(
-                MAGIC, FORMAT_VERSION, FAMILY_IDS[self.family], 0, self.fingerprint,
-                self.height, self.width, self.channels, self.bit_depth, self.pad_h, self.pad_w, len(self.sections),
+                MAGIC,
+                FORMAT_VERSION,
+                FAMILY_IDS[self.family],
+                0,
+                self.fingerprint,
+                self.height,
+                self.width,
+                self.channels,
+                self.bit_depth,
+                self.pad_h,
+                self.pad_w,
+                len(self.sections),
             )
         ]
         for kind, payload in self.sections:
@@ -109,8 +119,10 @@ def _check_geometry(height: int, width: int, channels: int, bit_depth: int) -> N
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise ContainerError(f"image size {width}x{height} is out of range")
     if height * width > limits.max_pixels():
-        raise ContainerError(f"a {width}x{height} image is above the limit of {limits.max_pixels()} pixels "
-                             f"(set {limits.ENV_MAX_PIXELS} to allow larger ones)")
+        raise ContainerError(
+            f"a {width}x{height} image is above the limit of {limits.max_pixels()} pixels "
+            f"(set {limits.ENV_MAX_PIXELS} to allow larger ones)"
+        )
     if channels not in (1, 2, 3, 4):
         raise ContainerError(f"unsupported channel count {channels}")
     if bit_depth not in (8, 16):
@@ -123,8 +135,8 @@ def parse(data: bytes) -> Container:
         raise ContainerError("not a compressml file (wrong magic bytes)")
     if len(data) < _HEADER.size + _CRC.size:
         raise ContainerError("truncated file (shorter than its header)")
-    (_, version, family_id, _flags, fingerprint, height, width, channels, bit_depth, pad_h, pad_w, n_sections) = (
-        _HEADER.unpack_from(data, 0)
+    (_, version, family_id, _flags, fingerprint, height, width, channels, bit_depth, pad_h, pad_w, n_sections) = _HEADER.unpack_from(
+        data, 0
     )
     if version > FORMAT_VERSION:
         raise ContainerError(f"made by a newer compressml (format v{version}); this version reads up to v{FORMAT_VERSION}")
@@ -152,6 +164,14 @@ def parse(data: bytes) -> Container:
     if crc != zlib.crc32(data[:end]):
         raise ContainerError("checksum mismatch: the file is corrupt")
     return Container(
-        family=FAMILY_NAMES[family_id], fingerprint=fingerprint, height=height, width=width,
-        channels=channels, bit_depth=bit_depth, pad_h=pad_h, pad_w=pad_w, sections=sections, version=version,
+        family=FAMILY_NAMES[family_id],
+        fingerprint=fingerprint,
+        height=height,
+        width=width,
+        channels=channels,
+        bit_depth=bit_depth,
+        pad_h=pad_h,
+        pad_w=pad_w,
+        sections=sections,
+        version=version,
     )

@@ -144,14 +144,24 @@ class LAEFamily(Family):
         if manifest.get("stride") != spec.stride:
             raise bad(f"stride {manifest.get('stride')!r} does not match architecture {arch!r}")
         net = manifest.get("net")
-        if not isinstance(net, dict) or not set(net) <= {"channels", "latent_channels", "groups", "variable_rate", "lmbda_range", "anchors"}:
+        if not isinstance(net, dict) or not set(net) <= {
+            "channels",
+            "latent_channels",
+            "groups",
+            "variable_rate",
+            "lmbda_range",
+            "anchors",
+        }:
             raise bad("net must be an object of channels, latent_channels (and groups; variable_rate, lmbda_range, anchors)")
         check_sizes({k: v for k, v in net.items() if k in ("channels", "latent_channels", "groups")}, self.LIMITS, bad)
         if "variable_rate" in net:
             lr = net.get("lmbda_range")
-            if net["variable_rate"] is not True or not (isinstance(lr, list) and len(lr) == 2
-                                                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr)
-                                                       and 0 < lr[0] < lr[1] <= 1e6):
+            if net["variable_rate"] is not True or not (
+                isinstance(lr, list)
+                and len(lr) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lr)
+                and 0 < lr[0] < lr[1] <= 1e6
+            ):
                 raise bad("a variable-rate net needs variable_rate true and lmbda_range [min, max] with 0 < min < max")
             if not (_positive_int(net.get("anchors")) and 2 <= net["anchors"] <= 64):
                 raise bad("net.anchors must be an integer in 2..64")
@@ -167,9 +177,14 @@ class LAEFamily(Family):
 
         spec, arch = net_spec(net), architecture_of(net)
         return {
-            "family": self.name, "architecture": spec.pop("arch"), "compressai_class": arch.cls.__name__,
-            "compressai_registry": arch.registry_name, "net": spec, "stride": arch.stride,
-            "context": arch.context, "compressai_state_dict": WEIGHTS,
+            "family": self.name,
+            "architecture": spec.pop("arch"),
+            "compressai_class": arch.cls.__name__,
+            "compressai_registry": arch.registry_name,
+            "net": spec,
+            "stride": arch.stride,
+            "context": arch.context,
+            "compressai_state_dict": WEIGHTS,
         }
 
     def coding_options(self, source) -> dict:
@@ -195,7 +210,6 @@ class LAEFamily(Family):
     def export_graphs(self, net):
         from compressml.models.graphs import plain_transform
         from compressml.models.lae import stride_of
-
         from compressml.models.variable_rate import is_variable_rate
 
         stride = stride_of(net)
@@ -205,21 +219,33 @@ class LAEFamily(Family):
         with torch.no_grad():
             y = g_a(x)
         graphs = {
-            "encoder": {"transform": "g_a", "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
-                        "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]}},
-            "decoder": {"transform": "g_s", "input": {"name": "y", "shape": ["batch", int(y.shape[1]), "height", "width"]},
-                        "output": {"name": "x_hat", "shape": ["batch", 3, "16*height", "16*width"]}},
-            "note": (f"height and width of an image must be multiples of the stride ({stride}; pad as compressml "
-                     "does); x_hat is not clamped. The entropy coding (hyperprior, context model) is CompressAI's, "
-                     "from the state dict"),
+            "encoder": {
+                "transform": "g_a",
+                "input": {"name": "x", "shape": ["batch", 3, "height", "width"]},
+                "output": {"name": "y", "shape": ["batch", int(y.shape[1]), "height/16", "width/16"]},
+            },
+            "decoder": {
+                "transform": "g_s",
+                "input": {"name": "y", "shape": ["batch", int(y.shape[1]), "height", "width"]},
+                "output": {"name": "x_hat", "shape": ["batch", 3, "16*height", "16*width"]},
+            },
+            "note": (
+                f"height and width of an image must be multiples of the stride ({stride}; pad as compressml "
+                "does); x_hat is not clamped. The entropy coding (hyperprior, context model) is CompressAI's, "
+                "from the state dict"
+            ),
             "max_abs_diff": {},
         }
         if variable:
-            graphs["note"] += (". Variable rate: the coded latent is y * exp(g), and the decoder gets y_hat * exp(g'), "
-                               "g and g' interpolated linearly in log λ between the rows of rate_gain.log_gain and "
-                               "rate_gain.log_inverse (anchors spread evenly over rate_gain.log_range)")
-        return [Graph("encoder", plain_transform(g_a), g_a, x, "x", "y"),
-                Graph("decoder", plain_transform(g_s), g_s, y, "y", "x_hat")], graphs
+            graphs["note"] += (
+                ". Variable rate: the coded latent is y * exp(g), and the decoder gets y_hat * exp(g'), "
+                "g and g' interpolated linearly in log λ between the rows of rate_gain.log_gain and "
+                "rate_gain.log_inverse (anchors spread evenly over rate_gain.log_range)"
+            )
+        return [
+            Graph("encoder", plain_transform(g_a), g_a, x, "x", "y"),
+            Graph("decoder", plain_transform(g_s), g_s, y, "y", "x_hat"),
+        ], graphs
 
     def curve_name(self, net) -> str:
         from compressml.models.lae import architecture_of
@@ -231,8 +257,15 @@ class MLLAEFamily(Family):
     """(Mostly) lossless autoencoders with a fixed code of at most N bytes per block."""
 
     name = "mllae"
-    LIMITS = {"bytes": 1 << 20, "block": 1024, "bits": 16, "stride": 1024, "channels": 1024,
-              "max_latent_channels": 4096, "residual_channels": 1024}
+    LIMITS = {
+        "bytes": 1 << 20,
+        "block": 1024,
+        "bits": 16,
+        "stride": 1024,
+        "channels": 1024,
+        "max_latent_channels": 4096,
+        "residual_channels": 1024,
+    }
 
     def net_spec(self, hparams):
         from compressml.models.mllae import NET_KEYS
@@ -257,8 +290,13 @@ class MLLAEFamily(Family):
 
     def manifest_fields(self, net, hparams) -> dict:
         return {
-            "family": self.name, "architecture": "mllae", "compressai_class": None, "net": self.net_spec(hparams),
-            "geometry": net.geometry.as_dict(), "entropy": hparams.get("entropy", "none"), "stride": net.geometry.block,
+            "family": self.name,
+            "architecture": "mllae",
+            "compressai_class": None,
+            "net": self.net_spec(hparams),
+            "geometry": net.geometry.as_dict(),
+            "entropy": hparams.get("entropy", "none"),
+            "stride": net.geometry.block,
         }
 
     def coding_options(self, source) -> dict:
@@ -290,12 +328,20 @@ class MLLAEFamily(Family):
             y = encoder(x)
         code_shape = ["blocks", g.latent_channels, g.side, g.side]
         graphs = {
-            "encoder": {"transform": "encoder + quantizer", "input": {"name": "x", "shape": ["blocks", 3, g.block, g.block]},
-                        "output": {"name": "y", "shape": code_shape}},
-            "decoder": {"transform": "decoder", "input": {"name": "y", "shape": code_shape},
-                        "output": {"name": "x_hat", "shape": ["blocks", 3, g.block, g.block]}},
-            "note": (f"one {g.block}x{g.block} block per batch item (tile and edge-pad images as compressml does); "
-                     f"y holds the integer code ({g.bits} bit(s) per element) as floats; x_hat is clamped to [0, 1]"),
+            "encoder": {
+                "transform": "encoder + quantizer",
+                "input": {"name": "x", "shape": ["blocks", 3, g.block, g.block]},
+                "output": {"name": "y", "shape": code_shape},
+            },
+            "decoder": {
+                "transform": "decoder",
+                "input": {"name": "y", "shape": code_shape},
+                "output": {"name": "x_hat", "shape": ["blocks", 3, g.block, g.block]},
+            },
+            "note": (
+                f"one {g.block}x{g.block} block per batch item (tile and edge-pad images as compressml does); "
+                f"y holds the integer code ({g.bits} bit(s) per element) as floats; x_hat is clamped to [0, 1]"
+            ),
             "max_abs_diff": {},
         }
         return [Graph("encoder", encoder, encoder, x, "x", "y"), Graph("decoder", decoder, decoder, y, "y", "x_hat")], graphs
@@ -340,8 +386,7 @@ class REDFamily(Family):
             raise bad("net.global_skip must be true or false")
 
     def manifest_fields(self, net, hparams) -> dict:
-        return {"family": self.name, "architecture": net.arch, "compressai_class": None,
-                "net": self.net_spec(hparams), "scale": net.scale}
+        return {"family": self.name, "architecture": net.arch, "compressai_class": None, "net": self.net_spec(hparams), "scale": net.scale}
 
     def export_graphs(self, net):
         from compressml.models.graphs import REDUpscaler
@@ -349,9 +394,11 @@ class REDFamily(Family):
         s = net.scale
         x = torch.rand(1, 3, 11, 14, generator=torch.Generator().manual_seed(0))
         graphs = {
-            "upscaler": {"transform": "RED (global skip: antialiased bicubic as transposed convolutions)" if net.global_skip else "RED",
-                         "input": {"name": "lr", "shape": ["batch", 3, "height", "width"]},
-                         "output": {"name": "sr", "shape": ["batch", 3, f"{s}*height", f"{s}*width"]}},
+            "upscaler": {
+                "transform": "RED (global skip: antialiased bicubic as transposed convolutions)" if net.global_skip else "RED",
+                "input": {"name": "lr", "shape": ["batch", 3, "height", "width"]},
+                "output": {"name": "sr", "shape": ["batch", 3, f"{s}*height", f"{s}*width"]},
+            },
             "note": "lr is RGB in [0, 1], any size; sr is not clamped (clamp to [0, 1] as compressml does)",
             "max_abs_diff": {},
         }

@@ -139,8 +139,7 @@ class CodecModel:
     def at(self, rate: lae_codec.Rate | float | None) -> CodecModel:
         """This (variable-rate) model coding at a quality (0..100) or a :class:`~compressml.codec.lae.Rate`."""
         if rate is not None and not self.variable_rate:
-            raise CompressMLError("a continuous quality, --roi and quality maps need a variable-rate LAE; "
-                                  f"{self.source} codes at one rate")
+            raise CompressMLError(f"a continuous quality, --roi and quality maps need a variable-rate LAE; {self.source} codes at one rate")
         if isinstance(rate, (int, float)):
             rate = lae_codec.Rate(quality=float(rate))
         return replace(self, rate=rate)
@@ -148,8 +147,9 @@ class CodecModel:
     def encode(self, image: SourceImage) -> cml.Container:
         with torch.no_grad():
             extra = {"rate": self.rate} if self.rate is not None else {}
-            return family(self.family).encode(self.net, image, self.fingerprint, refinement=self.refinement,
-                                              decoding_mode=self.decoding_mode, **extra, **self.options)
+            return family(self.family).encode(
+                self.net, image, self.fingerprint, refinement=self.refinement, decoding_mode=self.decoding_mode, **extra, **self.options
+            )
 
     def decode(self, container: cml.Container) -> SourceImage:
         if container.family != self.family:
@@ -159,8 +159,10 @@ class CodecModel:
 
 
 def _red_hint(path) -> str:
-    return (f"{path}: a RED (super-resolution) model: use `compressml upscale`, or give --base (a classical "
-            "codec or an LAE model) to use it as the decoder of a hybrid codec")
+    return (
+        f"{path}: a RED (super-resolution) model: use `compressml upscale`, or give --base (a classical "
+        "codec or an LAE model) to use it as the decoder of a hybrid codec"
+    )
 
 
 def expand_inputs(inputs: Iterable[str | Path], suffixes: tuple[str, ...]) -> list[tuple[Path, Path]]:
@@ -205,8 +207,11 @@ def encode_image(model: CodecModel, image: SourceImage, request: RateRequest | N
     if request.roi is not None:
         if not model.variable_rate:
             raise CompressMLError("--roi needs a variable-rate LAE (one network for every quality)")
-        mask = _read_mask(request.roi, image.rgb.shape[-2:]) if isinstance(request.roi, Path) else \
-            _checked_mask(request.roi, image.rgb.shape[-2:], "the mask")
+        mask = (
+            _read_mask(request.roi, image.rgb.shape[-2:])
+            if isinstance(request.roi, Path)
+            else _checked_mask(request.roi, image.rgb.shape[-2:], "the mask")
+        )
     quality = base.rate.quality if base.rate is not None and base.rate.quality is not None else lae_codec.DEFAULT_QUALITY
 
     def at(q: float) -> CodecModel:
@@ -219,14 +224,18 @@ def encode_image(model: CodecModel, image: SourceImage, request: RateRequest | N
         coder = at(quality) if (mask is not None or base.variable_rate) else base
         return coder.encode(image), {}
     if request.ladder is not None:
-        rungs = [rate_control.Rung(Path(m.source).name, lambda m=m: m.encode(image), lambda c, m=m: m.decode(c).rgb)
-                 for m in request.ladder]
+        rungs = [
+            rate_control.Rung(Path(m.source).name, lambda m=m: m.encode(image), lambda c, m=m: m.decode(c).rgb) for m in request.ladder
+        ]
     elif base.variable_rate:
-        rungs = [rate_control.Rung(f"q {q:g}", lambda q=q: at(q).encode(image), lambda c: base.decode(c).rgb)
-                 for q in rate_control.quality_ladder()]
+        rungs = [
+            rate_control.Rung(f"q {q:g}", lambda q=q: at(q).encode(image), lambda c: base.decode(c).rgb)
+            for q in rate_control.quality_ladder()
+        ]
     else:
-        raise CompressMLError("rate control (--max-bytes, --bpp, --psnr, --ms-ssim) needs a variable-rate LAE or "
-                              "the premade family (no -m)")
+        raise CompressMLError(
+            "rate control (--max-bytes, --bpp, --psnr, --ms-ssim) needs a variable-rate LAE or the premade family (no -m)"
+        )
     outcome = rate_control.control(rungs, request.target, request.value, image.rgb)
     return outcome.container, {"rung": outcome.rung, "passes": outcome.passes, "achieved": outcome.achieved}
 
@@ -271,8 +280,10 @@ def read_container(path: Path) -> cml.Container:
     try:
         size = Path(path).stat().st_size
         if size > limits.max_file_bytes():
-            raise limits.LimitError(f"{path}: {size} bytes, more than any image within the limit of {limits.max_pixels()} "
-                                    f"pixels needs (set {limits.ENV_MAX_PIXELS} to allow larger ones)")
+            raise limits.LimitError(
+                f"{path}: {size} bytes, more than any image within the limit of {limits.max_pixels()} "
+                f"pixels needs (set {limits.ENV_MAX_PIXELS} to allow larger ones)"
+            )
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None

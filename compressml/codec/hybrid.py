@@ -81,7 +81,7 @@ class HybridCodec:
         return self.red.net
 
     @classmethod
-    def load(cls, red: str, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> "HybridCodec":
+    def load(cls, red: str, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> HybridCodec:
         """From model paths: ``red`` a RED checkpoint or bundle; ``base`` a classical codec name, an LAE
         checkpoint or bundle, or None (decoding files whose base layer is classical)."""
         from compressml.codec.upscale import Upscaler
@@ -89,7 +89,7 @@ class HybridCodec:
         return cls.around(Upscaler.load(red), base, setting, tile)
 
     @classmethod
-    def around(cls, upscaler, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> "HybridCodec":
+    def around(cls, upscaler, base: str | None = None, setting: int | None = None, tile: int | None = 256) -> HybridCodec:
         """Around a loaded RED (:class:`~compressml.upscale.Upscaler`); ``base`` as for :meth:`load`."""
         from compressml.codec.files import CodecModel
 
@@ -126,9 +126,17 @@ class HybridCodec:
             payload = self._classical().encode(_to_uint8(lr), setting)
         name = self.base.encode()
         meta = struct.pack(">BB", s, len(name)) + name + struct.pack(">H", setting)
-        return Container(family=FAMILY, fingerprint=self.fingerprint, height=h, width=w, channels=image.channels,
-                         bit_depth=image.bit_depth, pad_h=pad_h, pad_w=pad_w,
-                         sections=[(META, meta), (BASE, payload), *alpha_section(image)])
+        return Container(
+            family=FAMILY,
+            fingerprint=self.fingerprint,
+            height=h,
+            width=w,
+            channels=image.channels,
+            bit_depth=image.bit_depth,
+            pad_h=pad_h,
+            pad_w=pad_w,
+            sections=[(META, meta), (BASE, payload), *alpha_section(image)],
+        )
 
     # -- decoding -------------------------------------------------------------------------
     def decode(self, container: Container) -> SourceImage:
@@ -157,8 +165,7 @@ class HybridCodec:
         from compressml.codec.upscale import upscale_tensor
 
         sr = upscale_tensor(self.red.net, lr[None], self.tile)[0, :, :h, :w].cpu()
-        return SourceImage(rgb=sr, channels=container.channels, bit_depth=container.bit_depth,
-                           alpha=decode_alpha(container, h, w))
+        return SourceImage(rgb=sr, channels=container.channels, bit_depth=container.bit_depth, alpha=decode_alpha(container, h, w))
 
 
 def parse_meta(meta: bytes) -> tuple[int, str, int]:

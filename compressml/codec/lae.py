@@ -169,8 +169,15 @@ class SourceImage:
     alpha: np.ndarray | None = None  # (H, W) uint8 or uint16
 
 
-def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None = None, tile_pixels: int = TILE_PIXELS,
-           refinement: Refinement | None = None, mode: str = DEFAULT_MODE, rate: Rate | None = None) -> Container:
+def encode(
+    model: CompressionModel,
+    image: SourceImage,
+    fingerprint: bytes | None = None,
+    tile_pixels: int = TILE_PIXELS,
+    refinement: Refinement | None = None,
+    mode: str = DEFAULT_MODE,
+    rate: Rate | None = None,
+) -> Container:
     """``refinement``: optimise the latents for this image first (slower encoding, same decoder);
     ``mode``: the decoding mode (``exact`` or ``compressai``, see the module docstring); ``rate``: a
     variable-rate model's quality or quality map (default :data:`DEFAULT_QUALITY`)."""
@@ -178,8 +185,7 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
         raise CompressMLError(f"unknown decoding mode {mode!r}; choose from {', '.join(MODES)}")
     if not is_variable_rate(model):
         if rate is not None:
-            raise CompressMLError("a continuous quality, --roi and quality maps need a variable-rate model; "
-                                  "this one codes at one rate")
+            raise CompressMLError("a continuous quality, --roi and quality maps need a variable-rate model; this one codes at one rate")
         return _encode(model, image, fingerprint, tile_pixels, refinement, mode, [])
     rate = rate or Rate(quality=DEFAULT_QUALITY)
     h, w = image.rgb.shape[-2:]
@@ -191,8 +197,15 @@ def encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | Non
         return _encode(model, image, fingerprint, tile_pixels, refinement, mode, [rate.section()])
 
 
-def _encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | None, tile_pixels: int,
-            refinement: Refinement | None, mode: str, extra: list) -> Container:
+def _encode(
+    model: CompressionModel,
+    image: SourceImage,
+    fingerprint: bytes | None,
+    tile_pixels: int,
+    refinement: Refinement | None,
+    mode: str,
+    extra: list,
+) -> Container:
     if not is_updated(model):
         model.update(force=True)
     x = image.rgb[None].to(next(model.parameters()).device)
@@ -207,8 +220,11 @@ def _encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | No
                 payload = compress(model, x, mode=mode)
     else:
         payload = compress(model, x, refinement, mode)
-    sections = [(LAYOUT, bytes([MODES[mode]]) + layout.write_tree(payload.shape)),
-                strings_section([group[0] for group in payload.strings]), *extra]
+    sections = [
+        (LAYOUT, bytes([MODES[mode]]) + layout.write_tree(payload.shape)),
+        strings_section([group[0] for group in payload.strings]),
+        *extra,
+    ]
     sections += alpha_section(image)
     return Container(
         family="lae",
@@ -223,8 +239,9 @@ def _encode(model: CompressionModel, image: SourceImage, fingerprint: bytes | No
     )
 
 
-def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings: Refinement, mode: str = DEFAULT_MODE,
-                              tile: int = 32, margin: int = 4) -> LAEPayload:
+def compress_refined_in_tiles(
+    model: CompressionModel, x: torch.Tensor, settings: Refinement, mode: str = DEFAULT_MODE, tile: int = 32, margin: int = 4
+) -> LAEPayload:
     """Latent refinement with the memory of a tile: y is refined tile by tile (``tile`` latent pixels a
     side, the neighbours within ``margin`` as fixed context, each tile scored on its own pixels), z
     and y's entropy parameters stay as the encoder made them. The whole image is scored at the
@@ -240,10 +257,14 @@ def compress_refined_in_tiles(model: CompressionModel, x: torch.Tensor, settings
     for (a0, a1, b0, b1), (e0, e1, g0, g1) in tile_windows(*y.shape[-2:], tile, margin):
         window = y[..., e0:e1, g0:g1].clone()
         y[..., a0:a1, b0:b1] = refine_latent_window(
-            model, window, (slice(a0 - e0, a1 - e0), slice(b0 - g0, b1 - g0)),
+            model,
+            window,
+            (slice(a0 - e0, a1 - e0), slice(b0 - g0, b1 - g0)),
             scales[..., e0:e1, g0:g1] if scales is not None else None,
             means[..., e0:e1, g0:g1] if scales is not None else means,
-            x[..., a0 * f : min(a1 * f, h), b0 * f : min(b1 * f, w)], settings)
+            x[..., a0 * f : min(a1 * f, h), b0 * f : min(b1 * f, w)],
+            settings,
+        )
     with torch.no_grad(), tiled_transforms(model, tile, margin), torch.autocast(padded.device.type, enabled=False):
         better = refinement_score(model, y, z, x, settings) < refinement_score(model, plain, z, x, settings)
     return compress_latents(model, y if better else plain, z, size, mode)
@@ -277,8 +298,7 @@ def decode(model: CompressionModel, container: Container, fingerprint: bytes | N
                 x_hat = decompress(model, payload, mode)
         else:
             x_hat = decompress(model, payload, mode)
-    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
-                       alpha=decode_alpha(container, h, w))
+    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth, alpha=decode_alpha(container, h, w))
 
 
 def coded_strings(container: Container) -> list[bytes]:
@@ -349,8 +369,10 @@ def refinement_for(g_spec, steps: int) -> Refinement:
 
     target = g_spec.get("_target_") if isinstance(g_spec, dict) else None
     if target not in REFINABLE_G:
-        raise CompressMLError("--refine needs an LAE trained with g=rate_distortion or g=perceptual (it minimises "
-                              f"the model's own lambda * D + R); this one was trained with {target or g_spec!r}")
+        raise CompressMLError(
+            "--refine needs an LAE trained with g=rate_distortion or g=perceptual (it minimises "
+            f"the model's own lambda * D + R); this one was trained with {target or g_spec!r}"
+        )
     try:
         g = getattr(rewards, target.rsplit(".", 1)[1])(**{k: v for k, v in g_spec.items() if k != "_target_"})
         return Refinement(steps=steps, lmbda=g.lmbda, distortion=g.distortion)

@@ -95,8 +95,10 @@ def check_memory(h: int, w: int, per_pixel: int, what: str, fixed: int = 0, how:
     "losslessly") when it needs more memory than is left."""
     needed, available = h * w * per_pixel + fixed, available_memory()
     if available is not None and needed > available:
-        raise LimitError(f"{what} this {w}x{h} image{' ' + how if how else ''} needs about {needed / 2**30:.1f} GiB of memory; "
-                         f"{available / 2**30:.1f} GiB are available")
+        raise LimitError(
+            f"{what} this {w}x{h} image{' ' + how if how else ''} needs about {needed / 2**30:.1f} GiB of memory; "
+            f"{available / 2**30:.1f} GiB are available"
+        )
 
 
 def check_decode_memory(h: int, w: int, per_pixel: int = LAE_BYTES_PER_PIXEL) -> None:

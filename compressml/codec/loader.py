@@ -22,14 +22,16 @@ def load_codec(model: str | Path, base: str | None = None, setting: float | None
     if not family(name).codes:
         if setting is not None and setting != int(setting):
             raise CompressMLError(f"-q for the hybrid codec is the base codec's quality: a whole number, got {setting:g}")
-        return HybridCodec.around(Upscaler(net=net, source=str(model), fingerprint=fingerprint), base,
-                                  None if setting is None else int(setting))
+        return HybridCodec.around(
+            Upscaler(net=net, source=str(model), fingerprint=fingerprint), base, None if setting is None else int(setting)
+        )
     codec = CodecModel(net=net, fingerprint=fingerprint, source=str(model), family=name, options=options)
     if base is not None:
         raise CompressMLError("--base is for the hybrid codec: -m must then be a RED model")
     if setting is not None:
         if not codec.variable_rate:
-            raise CompressMLError("-q is for variable-rate LAE models (0..100), the premade family (no -m) and the "
-                                  f"hybrid codec; {model} codes at one rate")
+            raise CompressMLError(
+                f"-q is for variable-rate LAE models (0..100), the premade family (no -m) and the hybrid codec; {model} codes at one rate"
+            )
         return codec.at(float(setting))
     return codec

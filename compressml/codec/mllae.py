@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import lzma
 import math
-import os
 import struct
 from functools import lru_cache
 
@@ -46,7 +45,6 @@ from compressml.codec.lae import (
     decode_alpha,
 )
 from compressml.codec.tiling import TiledTransform
-from compressml.errors import CompressMLError
 from compressml.models.exact import ExactArithmetic, fixed_partition
 from compressml.models.mllae import (
     LOSSLESS_MAX_SCALE,
@@ -180,8 +178,9 @@ def residual_cdfs() -> list[list[int]]:
     return _quantized_cdfs(np.array(pmfs))
 
 
-def _phase_params(model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor,
-                  target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def _phase_params(
+    model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """One phase's means and couplings (tensors) and scale-table indexes (3, H, W), given what is decoded."""
     h, w = x_hat.shape[-2:]
     net = model.residual.net
@@ -305,8 +304,15 @@ def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = 
     # lossless mode is exact at 8 bits per channel: a 16-bit source comes back as its 8-bit conversion
     bit_depth = 8 if model.lossless and image.alpha is None else image.bit_depth
     return Container(
-        family="mllae", fingerprint=fingerprint, height=h, width=w, channels=image.channels,
-        bit_depth=bit_depth, pad_h=(-h) % g.block, pad_w=(-w) % g.block, sections=sections,
+        family="mllae",
+        fingerprint=fingerprint,
+        height=h,
+        width=w,
+        channels=image.channels,
+        bit_depth=bit_depth,
+        pad_h=(-h) % g.block,
+        pad_w=(-w) % g.block,
+        sections=sections,
     )
 
 
@@ -351,8 +357,11 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     block, n_bytes, bits, channels, side, entropy, lossless = _META.unpack(meta)
     if (block, n_bytes, bits, channels, side) != (g.block, g.bytes, g.bits, g.latent_channels, g.side):
         raise ContainerError("the file's block geometry does not match the model")
-    if entropy not in ENTROPY_STAGES.values() or lossless not in (LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT) \
-            or (lossless != LOSSY) != model.lossless:
+    if (
+        entropy not in ENTROPY_STAGES.values()
+        or lossless not in (LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT)
+        or (lossless != LOSSY) != model.lossless
+    ):
         raise ContainerError("unknown entropy stage or lossless flag in the MLLAE metadata")
     h, w = container.height, container.width
     if container.pad_h != (-h) % g.block or container.pad_w != (-w) % g.block:
@@ -360,8 +369,9 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     if model.lossless:
         check_lossless_memory(h, w, "decoding")
     # the block codes (int64) and the network's output, before either is allocated
-    limits.check_decode_memory(h + container.pad_h, w + container.pad_w,
-                               limits.LAE_BYTES_PER_PIXEL + 8 * g.elements // (g.block * g.block) + 1)
+    limits.check_decode_memory(
+        h + container.pad_h, w + container.pad_w, limits.LAE_BYTES_PER_PIXEL + 8 * g.elements // (g.block * g.block) + 1
+    )
     grid = ((h + container.pad_h) // g.block, (w + container.pad_w) // g.block)
     count = grid[0] * grid[1]
     cdfs = code_cdfs(model) if entropy == ENTROPY_STAGES["rans"] else None
@@ -394,5 +404,4 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
             x_hat = model.decode(codes_t, grid, (h, w))
     if model.lossless:
         x_hat = torch.from_numpy(x255[None]).float().div(255)
-    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth,
-                       alpha=decode_alpha(container, h, w))
+    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth, alpha=decode_alpha(container, h, w))

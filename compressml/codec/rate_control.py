@@ -66,7 +66,9 @@ def control(rungs: Sequence[Rung], target: str, value: float, rgb: torch.Tensor)
     if not rungs:
         raise CompressMLError("nothing to choose from")
     if not value > 0 or (target == "ms_ssim" and value > 1):
-        raise CompressMLError(f"--{target.replace('_', '-')} must be a number > 0{' and <= 1' if target == 'ms_ssim' else ''}, got {value:g}")
+        raise CompressMLError(
+            f"--{target.replace('_', '-')} must be a number > 0{' and <= 1' if target == 'ms_ssim' else ''}, got {value:g}"
+        )
     h, w = rgb.shape[-2:]
     seen: dict[int, tuple[Container, int, float]] = {}  # rung -> (file, bytes, quality measure)
     passes = 0
@@ -111,8 +113,7 @@ def control(rungs: Sequence[Rung], target: str, value: float, rgb: torch.Tensor)
     # a quality target: the lowest rung that reaches it
     unit = "dB" if target == "psnr" else "MS-SSIM"
     if not ok(last):
-        raise RateControlError(f"even the highest quality ({rungs[last].label}) reaches {code(last)[2]:.4g} {unit}, "
-                               f"below {value:g}")
+        raise RateControlError(f"even the highest quality ({rungs[last].label}) reaches {code(last)[2]:.4g} {unit}, below {value:g}")
     best = 0 if ok(0) else _last_true(lambda i: not ok(i), 0, last) + 1
     return _outcome(rungs, best, seen, passes, h, w, seen[best][2])
 
@@ -127,5 +128,4 @@ def _last_true(holds: Callable[[int], bool], lo: int, hi: int) -> int:
 
 def _outcome(rungs, i, seen, passes, h, w, achieved) -> Outcome:
     container, size, _ = seen[i]
-    return Outcome(container=container, rung=rungs[i].label, passes=passes, bytes=size, bpp=8 * size / (h * w),
-                   achieved=float(achieved))
+    return Outcome(container=container, rung=rungs[i].label, passes=passes, bytes=size, bpp=8 * size / (h * w), achieved=float(achieved))

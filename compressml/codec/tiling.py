@@ -37,8 +37,7 @@ class TiledTransform(nn.Module):
     kernels: the result depends on the tile size, never on the thread count.
     """
 
-    def __init__(self, inner: nn.Module, factor: int, down: bool, tile: int = 32, margin: int = 4,
-                 parallel: bool = False):
+    def __init__(self, inner: nn.Module, factor: int, down: bool, tile: int = 32, margin: int = 4, parallel: bool = False):
         super().__init__()
         self.inner, self.factor, self.down, self.tile, self.margin = inner, factor, down, tile, margin
         self.parallel = parallel

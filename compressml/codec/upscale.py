@@ -37,7 +37,7 @@ class Upscaler:
         return self.net.scale
 
     @classmethod
-    def load(cls, path: str | Path) -> "Upscaler":
+    def load(cls, path: str | Path) -> Upscaler:
         """From an export bundle (never unpickles) or a Lightning checkpoint of a RED."""
         from compressml.codec.files import load_net
 
@@ -60,8 +60,7 @@ def upscale_tensor(net: torch.nn.Module, lr: torch.Tensor, tile: int | None = DE
     if tile is None:
         run = net
     else:  # tiles of at most PARALLEL_TILE, shared among the threads: the same pixels whatever their count
-        run = TiledTransform(net, factor=net.scale, down=False, tile=min(tile, PARALLEL_TILE),
-                             margin=net.receptive_radius, parallel=True)
+        run = TiledTransform(net, factor=net.scale, down=False, tile=min(tile, PARALLEL_TILE), margin=net.receptive_radius, parallel=True)
     with torch.no_grad():
         return run(lr).clamp(0, 1)
 

@@ -85,8 +85,7 @@ def fit_crop(x: torch.Tensor, size: int | None, rng: random.Random | None = None
 class ImageDataset(Dataset):
     """Images cropped for training (random crop + horizontal flip) or validation (centre crop)."""
 
-    def __init__(self, items: Sequence[ImageItem], crop_size: int | None, train: bool, repeat: int = 1,
-                 pair_scale: int | None = None):
+    def __init__(self, items: Sequence[ImageItem], crop_size: int | None, train: bool, repeat: int = 1, pair_scale: int | None = None):
         if not items:
             raise DataError("no images to build a dataset from")
         self.pair_scale = pair_scale
@@ -204,7 +203,10 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             raise DataError(f"{self.description}: no readable images")
         log.info(
             "%s: %d training and %d validation images (%d skipped)",
-            self.description, len(self.train_items), len(self.val_items), len(self.skipped),
+            self.description,
+            len(self.train_items),
+            len(self.val_items),
+            len(self.skipped),
         )
         self._ready = True
 
@@ -373,9 +375,7 @@ class ImageFolderDataModule(ImageDataModule):
         else:
             all_paths = list_images(self.root)
             if not all_paths:
-                raise DataError(
-                    f"{self.root}: no images found (looked recursively for png, jpg, bmp, tiff, webp, ppm)"
-                )
+                raise DataError(f"{self.root}: no images found (looked recursively for png, jpg, bmp, tiff, webp, ppm)")
             # drop unreadable files before splitting, so the split is over usable images
             readable = {i.path for i in self._readable(self._items(all_paths))}
             usable = [p for p in all_paths if p in readable]
@@ -410,9 +410,7 @@ class KodakDataModule(ImageFolderDataModule):
         if self.download:
             self.prepare_data()
         if not self.root.is_dir():
-            raise DataError(
-                f"Kodak folder {self.root} does not exist: set data.root, or data.download=true to fetch it"
-            )
+            raise DataError(f"Kodak folder {self.root} does not exist: set data.root, or data.download=true to fetch it")
         paths = list_images(self.root)
         if not paths:
             raise DataError(f"{self.root}: no Kodak images found")
@@ -420,7 +418,5 @@ class KodakDataModule(ImageFolderDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            raise DataError(
-                "data=kodak is an evaluation set: train with data=samples or data=folder, and evaluate on Kodak"
-            )
+            raise DataError("data=kodak is an evaluation set: train with data=samples or data=folder, and evaluate on Kodak")
         super().setup(stage)

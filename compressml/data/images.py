@@ -37,9 +37,7 @@ def list_images(root: str | Path) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 
@@ -110,5 +108,5 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 def save_image(x: torch.Tensor, path: str | Path) -> None:
     """Float tensor (3, H, W) in [0, 1] -> 8-bit image file (format from the suffix)."""
-    arr = (x.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    arr = x.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     Image.fromarray(arr).save(path)

@@ -1,9 +1,9 @@
 """Pure ``nn.Module`` model families; nothing here imports Lightning, Hydra or W&B."""
 
 from compressml.models.lae import (
+    LAEPayload,
     architecture,
     architectures,
-    LAEPayload,
     build_lae,
     compress,
     decompress,

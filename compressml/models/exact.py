@@ -76,8 +76,7 @@ class FixedPointConv(nn.Module):
         weight_q, unscale, self.frac = quantized_weights(w, self.transposed)
         self.register_buffer("weight_q", weight_q, persistent=False)
         self.register_buffer("unscale", unscale, persistent=False)
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().double().view(1, -1, 1, 1),
-                             persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().double().view(1, -1, 1, 1), persistent=False)
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
         self.padding = conv.padding
         self.output_padding = getattr(conv, "output_padding", 0)
@@ -85,11 +84,16 @@ class FixedPointConv(nn.Module):
     def forward(self, x: torch.Tensor, padding=None) -> torch.Tensor:
         padding = self.padding if padding is None else padding
         if self.transposed:
-            conv = functools.partial(F.conv_transpose2d, stride=self.stride, padding=padding,
-                                     output_padding=self.output_padding, groups=self.groups, dilation=self.dilation)
+            conv = functools.partial(
+                F.conv_transpose2d,
+                stride=self.stride,
+                padding=padding,
+                output_padding=self.output_padding,
+                groups=self.groups,
+                dilation=self.dilation,
+            )
         else:
-            conv = functools.partial(F.conv2d, stride=self.stride, padding=padding, dilation=self.dilation,
-                                     groups=self.groups)
+            conv = functools.partial(F.conv2d, stride=self.stride, padding=padding, dilation=self.dilation, groups=self.groups)
         return _fixed_point_apply(conv, x, self.weight_q, self.unscale, self.frac, self.bias)
 
 
@@ -113,8 +117,9 @@ def quantized_weights(w: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, 
     return weight_q, torch.exp2(-(shift + frac)).view(1, -1, 1, 1), frac
 
 
-def _fixed_point_apply(conv, x: torch.Tensor, weight_q: torch.Tensor, unscale: torch.Tensor, frac: int,
-                       bias: torch.Tensor | None) -> torch.Tensor:
+def _fixed_point_apply(
+    conv, x: torch.Tensor, weight_q: torch.Tensor, unscale: torch.Tensor, frac: int, bias: torch.Tensor | None
+) -> torch.Tensor:
     """``conv`` (no bias) of ``x`` on the 2**-frac grid with integer weights, in float64: exact."""
     bound = 2.0 ** (frac + INT_BITS)
     q = torch.round(x.double() * 2.0**frac).clamp_(-bound, bound)
@@ -240,8 +245,7 @@ def _integer_weights(weight: torch.Tensor, transposed: bool) -> tuple[torch.Tens
     return cached[1]
 
 
-def exact_float32_convolution(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              transposed: bool) -> torch.Tensor:
+def exact_float32_convolution(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
     """``conv`` of ``x`` by ``weight`` in float32, the same to the bit wherever it runs: ``x`` rounded
     to integers of at most 2**INPUT_BITS on a power-of-two grid fitted to its largest magnitude (a
     maximum does not depend on the order it is taken in), convolved with :func:`sum_bounded_weights`

@@ -16,7 +16,6 @@ import functools
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from compressai.entropy_models import GaussianConditional
@@ -85,11 +84,15 @@ class LAEArchitecture:
     def quantization_refusal(self, quantization: str) -> str | None:
         """Why ``quantization`` cannot train this architecture (None: it can)."""
         if quantization == "ste" and self.context == "serial":
-            return (f"{self.name}: quantization=ste is not available: its serial context model predicts the "
-                    "means from the very latents that would be rounded around them; use quantization=noise")
+            return (
+                f"{self.name}: quantization=ste is not available: its serial context model predicts the "
+                "means from the very latents that would be rounded around them; use quantization=noise"
+            )
         if quantization == "noise" and self.context in ("checkerboard", "channel-groups"):
-            return (f"{self.name}: quantization=noise is not available: CompressAI's checkerboard latent codec "
-                    "always gives the decoder y rounded around its means (straight-through); use quantization=ste")
+            return (
+                f"{self.name}: quantization=noise is not available: CompressAI's checkerboard latent codec "
+                "always gives the decoder y rounded around its means (straight-through); use quantization=ste"
+            )
         return None
 
     @property
@@ -121,7 +124,7 @@ def _widths_of(cls: type) -> tuple[str, ...]:
     return tuple(w for w in ("N", "M") if w in params)
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def architectures() -> dict[str, LAEArchitecture]:
     """Every LAE architecture by name: CompressAI's registry names, plus the three aliases."""
     from compressai.registry import MODELS
@@ -172,9 +175,15 @@ def elic_groups(latent_channels: int) -> list[int]:
     return first + [latent_channels - sum(first)]
 
 
-def build_lae(arch: str, channels: int = 128, latent_channels: int | None = 192, groups: list[int] | None = None,
-              variable_rate: bool = False, lmbda_range: list[float] | tuple[float, float] = DEFAULT_RANGE,
-              anchors: int = DEFAULT_ANCHORS) -> CompressionModel:
+def build_lae(
+    arch: str,
+    channels: int = 128,
+    latent_channels: int | None = 192,
+    groups: list[int] | None = None,
+    variable_rate: bool = False,
+    lmbda_range: list[float] | tuple[float, float] = DEFAULT_RANGE,
+    anchors: int = DEFAULT_ANCHORS,
+) -> CompressionModel:
     """A fresh CompressAI model of architecture ``arch`` (see :func:`architectures`).
 
     ``channels`` is CompressAI's N, ``latent_channels`` its M (None, or equal to ``channels``, for the
@@ -184,8 +193,11 @@ def build_lae(arch: str, channels: int = 128, latent_channels: int | None = 192,
     model = _build_fixed(arch, channels, latent_channels, groups)
     if not variable_rate:
         return model
-    if not (isinstance(lmbda_range, (list, tuple)) and len(lmbda_range) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lmbda_range)):
+    if not (
+        isinstance(lmbda_range, (list, tuple))
+        and len(lmbda_range) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lmbda_range)
+    ):
         raise ConfigError(f"model.lmbda_range must be two numbers [min, max], got {lmbda_range!r}")
     latent = int(model.M) if hasattr(model, "M") else _latent_channels(model)
     return make_variable_rate(model, latent, tuple(lmbda_range), anchors)
@@ -201,13 +213,13 @@ def _build_fixed(arch: str, channels: int, latent_channels: int | None, groups: 
     if "M" in spec.widths:
         kwargs["M"] = latent_channels
     elif latent_channels != channels:
-        raise ConfigError(f"{arch} has as many latent channels as channels (M = N): set latent_channels to "
-                          f"{channels} or null, not {latent_channels}")
+        raise ConfigError(
+            f"{arch} has as many latent channels as channels (M = N): set latent_channels to {channels} or null, not {latent_channels}"
+        )
     if spec.context == "channel-groups":
         groups = list(groups) if groups is not None else elic_groups(latent_channels)
         if any(type(g) is not int or g < 1 for g in groups) or sum(groups) != latent_channels:
-            raise ConfigError(f"{arch}: groups must be positive integers summing to latent_channels "
-                              f"({latent_channels}), got {groups}")
+            raise ConfigError(f"{arch}: groups must be positive integers summing to latent_channels ({latent_channels}), got {groups}")
         kwargs["groups"] = groups
     elif groups is not None:
         raise ConfigError(f"{arch} has no channel groups (groups is for the elic2022 models)")
@@ -394,8 +406,7 @@ def forward_padded(model: CompressionModel, x: torch.Tensor, quantization: str =
 
 
 @torch.no_grad()
-def compress(model: CompressionModel, x: torch.Tensor, refinement: "Refinement | None" = None,
-             mode: str = "compressai") -> LAEPayload:
+def compress(model: CompressionModel, x: torch.Tensor, refinement: Refinement | None = None, mode: str = "compressai") -> LAEPayload:
     """Entropy-code a batch (N, 3, H, W) through the rANS coder. The model must be updated.
 
     ``mode`` (see :data:`DECODING_MODES`): ``compressai`` gives CompressAI's own strings, bit for bit;
@@ -624,8 +635,14 @@ def entropy_parameters(model: CompressionModel, z: torch.Tensor | None, noise: t
     return z_bits, scales, means
 
 
-def refinement_score(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, x: torch.Tensor,
-                     settings: Refinement, noise: torch.Generator | None = None) -> torch.Tensor:
+def refinement_score(
+    model: CompressionModel,
+    y: torch.Tensor,
+    z: torch.Tensor | None,
+    x: torch.Tensor,
+    settings: Refinement,
+    noise: torch.Generator | None = None,
+) -> torch.Tensor:
     """lambda * D + R of latents (y, z) for ``x`` (unpadded). With ``noise`` (the gradient steps): the
     rates see uniform noise and the decoder straight-through rounding, as in training (``ste``).
     Without: the latents as coded, the output clamped and on 8-bit levels as a decoded file holds it."""
@@ -683,9 +700,11 @@ def coded_latents(model: CompressionModel, padded: torch.Tensor) -> tuple[torch.
 def check_refinable(model: CompressionModel) -> None:
     spec = architecture_of(model)
     if not spec.refinable:
-        raise ConfigError(f"latent refinement (--refine) needs an LAE without a context model (factorized, hyperprior, "
-                          f"mean_scale); {spec.name} has a {spec.context} context model, whose coding order the "
-                          "refinement cannot follow")
+        raise ConfigError(
+            f"latent refinement (--refine) needs an LAE without a context model (factorized, hyperprior, "
+            f"mean_scale); {spec.name} has a {spec.context} context model, whose coding order the "
+            "refinement cannot follow"
+        )
 
 
 def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinement):
@@ -706,8 +725,9 @@ def refine_latents(model: CompressionModel, x: torch.Tensor, settings: Refinemen
     return _pair(best)
 
 
-def refine_latent_window(model: CompressionModel, window: torch.Tensor, inner: tuple[slice, slice], scales, means,
-                         x: torch.Tensor, settings: Refinement) -> torch.Tensor:
+def refine_latent_window(
+    model: CompressionModel, window: torch.Tensor, inner: tuple[slice, slice], scales, means, x: torch.Tensor, settings: Refinement
+) -> torch.Tensor:
     """One tile of a large image: the ``inner`` part of the latent ``window`` (its margins are context,
     kept as they are) optimised for the pixels ``x`` it decodes to (cropped to the image), with y's
     entropy parameters over the window fixed (``scales``, ``means`` from z; for the factorized prior
@@ -720,9 +740,14 @@ def refine_latent_window(model: CompressionModel, window: torch.Tensor, inner: t
         part = window[..., rows, cols].clone().requires_grad_()
 
         def terms(noise):
-            local = torch.cat([window[..., : rows.start, :],
-                               torch.cat([window[..., rows, : cols.start], part, window[..., rows, cols.stop :]], -1),
-                               window[..., rows.stop :, :]], -2)
+            local = torch.cat(
+                [
+                    window[..., : rows.start, :],
+                    torch.cat([window[..., rows, : cols.start], part, window[..., rows, cols.stop :]], -1),
+                    window[..., rows.stop :, :],
+                ],
+                -2,
+            )
             y_hat = _quantised(local, means, noise)
             x_hat = _synthesis(model.g_s, y_hat)[..., rows.start * SYNTHESIS_FACTOR :, cols.start * SYNTHESIS_FACTOR :]
             x_hat = x_hat[..., : x.shape[-2], : x.shape[-1]]
@@ -742,8 +767,9 @@ def _pair(latents: list) -> tuple:
 
 
 @torch.no_grad()
-def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, size: tuple[int, int],
-                     mode: str = "compressai") -> LAEPayload:
+def compress_latents(
+    model: CompressionModel, y: torch.Tensor, z: torch.Tensor | None, size: tuple[int, int], mode: str = "compressai"
+) -> LAEPayload:
     """Entropy-code given latents as :func:`compress` codes those of g_a / h_a in ``mode``: with
     ``y = g_a(x)``, ``z = h_a(y)`` the strings are the same, bit for bit."""
     with _full_precision(y), decoding_mode(model, mode):
@@ -761,7 +787,7 @@ def compress_latents(model: CompressionModel, y: torch.Tensor, z: torch.Tensor |
     return LAEPayload(strings=[y_strings, z_strings], shape=tuple(z.shape[-2:]), size=size)
 
 
-_SHAPE_TEMPLATES: "weakref.WeakKeyDictionary[CompressionModel, object]" = weakref.WeakKeyDictionary()
+_SHAPE_TEMPLATES: weakref.WeakKeyDictionary[CompressionModel, object] = weakref.WeakKeyDictionary()
 
 
 def expected_layout(model: CompressionModel, height: int, width: int) -> tuple[object, int]:

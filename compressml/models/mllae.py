@@ -33,8 +33,19 @@ from compressml.models.padding import from_blocks, to_blocks
 from compressml.models.quantizers import build_quantizer
 
 # the hyper-parameters that build the network (the rest are training settings)
-NET_KEYS = ("bytes", "block", "quantizer", "bits", "noise", "sparsity", "channels", "stride", "max_latent_channels",
-            "lossless", "residual_channels")
+NET_KEYS = (
+    "bytes",
+    "block",
+    "quantizer",
+    "bits",
+    "noise",
+    "sparsity",
+    "channels",
+    "stride",
+    "max_latent_channels",
+    "lossless",
+    "residual_channels",
+)
 
 
 @dataclass(frozen=True)
@@ -170,8 +181,13 @@ class ResidualModel(nn.Module):
     def __init__(self, channels: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            _conv(CONTEXT_CHANNELS, channels), nn.LeakyReLU(0.2), ResBlock(channels), nn.LeakyReLU(0.2), ResBlock(channels),
-            nn.LeakyReLU(0.2), _conv(channels, RESIDUAL_OUTPUTS),
+            _conv(CONTEXT_CHANNELS, channels),
+            nn.LeakyReLU(0.2),
+            ResBlock(channels),
+            nn.LeakyReLU(0.2),
+            ResBlock(channels),
+            nn.LeakyReLU(0.2),
+            _conv(channels, RESIDUAL_OUTPUTS),
         )
         # start from "the reconstruction is the mean, the scale is a few levels": a zero output would
         # mean scale 1 and cost ~28 bits per sub-pixel at first, and training would start far off

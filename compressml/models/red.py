@@ -77,9 +77,12 @@ class ESPCN(nn.Module):
     def __init__(self, scale: int, channels: int = 64):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, channels, 5, padding=2), nn.Tanh(),
-            nn.Conv2d(channels, channels // 2, 3, padding=1), nn.Tanh(),
-            nn.Conv2d(channels // 2, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale),
+            nn.Conv2d(3, channels, 5, padding=2),
+            nn.Tanh(),
+            nn.Conv2d(channels, channels // 2, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(channels // 2, 3 * scale * scale, 3, padding=1),
+            nn.PixelShuffle(scale),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +108,9 @@ class FSRCNN(nn.Module):
 class _EDSRBlock(nn.Module):
     def __init__(self, channels: int, res_scale: float):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 3, padding=1)
+        )
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,10 +125,9 @@ class EDSR(nn.Module):
         self.add_mean = add_mean
         self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         self.head = nn.Conv2d(3, channels, 3, padding=1)
-        self.body = nn.Sequential(*[_EDSRBlock(channels, res_scale) for _ in range(blocks)],
-                                  nn.Conv2d(channels, channels, 3, padding=1))
+        self.body = nn.Sequential(*[_EDSRBlock(channels, res_scale) for _ in range(blocks)], nn.Conv2d(channels, channels, 3, padding=1))
         up: list[nn.Module] = []
-        for factor in ((2, 2) if scale == 4 else (scale,)):
+        for factor in (2, 2) if scale == 4 else (scale,):
             up += [nn.Conv2d(channels, channels * factor * factor, 3, padding=1), nn.PixelShuffle(factor)]
         self.tail = nn.Sequential(*up, nn.Conv2d(channels, 3, 3, padding=1))
 
@@ -141,8 +144,9 @@ class RED(nn.Module):
     FSRCNN d=56, EDSR baseline 64 channels x 16 blocks; ``blocks`` is FSRCNN's ``m``).
     """
 
-    def __init__(self, arch: str = "edsr", scale: int = 2, channels: int | None = None, blocks: int | None = None,
-                 global_skip: bool = True):
+    def __init__(
+        self, arch: str = "edsr", scale: int = 2, channels: int | None = None, blocks: int | None = None, global_skip: bool = True
+    ):
         super().__init__()
         self.scale = check_scale(scale)
         if arch not in ARCHITECTURES:
@@ -156,8 +160,7 @@ class RED(nn.Module):
         elif arch == "fsrcnn":
             self.body = FSRCNN(self.scale, d=channels or 56, m=4 if blocks is None else blocks)
         else:
-            self.body = EDSR(self.scale, channels=channels or 64, blocks=16 if blocks is None else blocks,
-                             add_mean=not self.global_skip)
+            self.body = EDSR(self.scale, channels=channels or 64, blocks=16 if blocks is None else blocks, add_mean=not self.global_skip)
         if self.global_skip:  # start as bicubic: the body's last layer adds nothing at first
             last = [m for m in self.body.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
             nn.init.zeros_(last.weight)

@@ -57,8 +57,20 @@ def premade_models(path: Path = REGISTRY) -> list[Premade]:
     for e in registry_entries(path):
         bundle = path.parent / e["bundle"]
         if (bundle / "manifest.json").is_file():
-            out.append(Premade(e["name"], e["family"], bundle, e["fingerprint"], e.get("quality"), e.get("scale"),
-                               e.get("description", ""), e.get("recipe", ""), e.get("training") or {}, e.get("measured") or {}))
+            out.append(
+                Premade(
+                    e["name"],
+                    e["family"],
+                    bundle,
+                    e["fingerprint"],
+                    e.get("quality"),
+                    e.get("scale"),
+                    e.get("description", ""),
+                    e.get("recipe", ""),
+                    e.get("training") or {},
+                    e.get("measured") or {},
+                )
+            )
     return out
 
 

@@ -7,4 +7,3 @@ from compressml.systems.mllae import MLLAESystem
 from compressml.systems.red import REDSystem
 
 __all__ = ["CodecSystem", "LAESystem", "MLLAESystem", "REDSystem", "load_lae", "load_system", "save_checkpoint"]
-

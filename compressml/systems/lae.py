@@ -142,8 +142,10 @@ class LAESystem(CodecSystem):
         self._real_left = 0
         if rate_gain_of(self.net) is not None:
             if not hasattr(self.g, "lmbda"):
-                raise ConfigError(f"a variable-rate model trains on λ: g must weigh the distortion by λ "
-                                  f"(rate_distortion, perceptual, rate_target), not {type(self.g).__name__}")
+                raise ConfigError(
+                    f"a variable-rate model trains on λ: g must weigh the distortion by λ "
+                    f"(rate_distortion, perceptual, rate_target), not {type(self.g).__name__}"
+                )
             if not 0 <= rate_maps <= 1:
                 raise ConfigError(f"model.rate_maps must be in 0..1, got {rate_maps}")
             if rate_maps and getattr(self.g, "distortion", "mse") not in ("mse", "l1"):

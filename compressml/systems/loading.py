@@ -9,7 +9,16 @@ import torch
 from compressml.checkpoints import checkpoint_family, read_checkpoint
 from compressml.errors import CheckpointError, CompressMLError, first_line
 
-__all__ = ["checkpoint_family", "init_weights", "load_lae", "load_system", "model_family", "read_checkpoint", "save_checkpoint", "system_class"]
+__all__ = [
+    "checkpoint_family",
+    "init_weights",
+    "load_lae",
+    "load_system",
+    "model_family",
+    "read_checkpoint",
+    "save_checkpoint",
+    "system_class",
+]
 
 
 def model_family(path: str | Path) -> str | None:
@@ -135,7 +144,7 @@ def _fixed_into_variable_rate(system, state: dict, lmbda: float | None = None) -
     for k, v in state.items():
         for part in ("net.g_a.", "net.g_s."):
             if k.startswith(part):
-                k = part + "inner." + k[len(part):]
+                k = part + "inner." + k[len(part) :]
         out[k] = v
     out.update({f"net.rate_gain.{k}": v.detach().clone() for k, v in gain.state_dict().items()})
     return out

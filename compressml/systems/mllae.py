@@ -80,10 +80,16 @@ class MLLAESystem(CodecSystem):
         self.net = MLLAE(**net)
         self.save_hyperparameters(
             {
-                "family": FAMILY, **net, "entropy": entropy, "distortion": distortion, "residual_weight": residual_weight,
+                "family": FAMILY,
+                **net,
+                "entropy": entropy,
+                "distortion": distortion,
+                "residual_weight": residual_weight,
                 "optimizer": plain(optimizer) or {"_target_": "torch.optim.Adam", "lr": 1e-4},
-                "scheduler": plain(scheduler), "clip_max_norm": clip_max_norm,
-                "real_bpp_images": real_bpp_images, "log_images": log_images,
+                "scheduler": plain(scheduler),
+                "clip_max_norm": clip_max_norm,
+                "real_bpp_images": real_bpp_images,
+                "log_images": log_images,
             }
         )
         self._real_left = 0

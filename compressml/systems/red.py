@@ -61,9 +61,13 @@ class REDSystem(CodecSystem):
         self.net = RED(**net)
         self.save_hyperparameters(
             {
-                "family": FAMILY, **net, "loss": loss,
+                "family": FAMILY,
+                **net,
+                "loss": loss,
                 "optimizer": plain(optimizer) or {"_target_": "torch.optim.Adam", "lr": 1e-4},
-                "scheduler": plain(scheduler), "clip_max_norm": clip_max_norm, "log_images": log_images,
+                "scheduler": plain(scheduler),
+                "clip_max_norm": clip_max_norm,
+                "log_images": log_images,
             }
         )
 
