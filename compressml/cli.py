@@ -344,10 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     kodak.add_argument("--dest", help="target folder (default: $COMPRESSML_CACHE/kodak or ~/.cache/compressml/kodak)")
     kodak.add_argument("--url", help="base URL of a Kodak mirror (default: the public r0k.us mirror)")
     kodak.set_defaults(func=_download_kodak)
+    for name, what in (
+        ("train", "train a model: compressml train model=lae g=rate_distortion (Hydra overrides; conf/train.yaml)"),
+        ("evaluate", "evaluate models against classical codecs: compressml evaluate checkpoint=PATH data=kodak"),
+        ("export", "export a checkpoint as a bundle: compressml export checkpoint=PATH out=DIR"),
+    ):
+        sub.add_parser(name, help=what, add_help=False)
     return parser
 
 
+HYDRA_COMMANDS = ("train", "evaluate", "export")  # Hydra's own command lines (key=value overrides)
+
+
+def _hydra_command(argv: list[str]) -> int:
+    """``compressml train|evaluate|export key=value ...``: the Hydra entry point over the shipped configs."""
+    from compressml import entry_points
+
+    command, rest = argv[0], argv[1:]
+    saved = sys.argv
+    sys.argv = [f"compressml {command}", *rest]
+    try:
+        getattr(entry_points, command)()
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HYDRA_COMMANDS:
+        return _hydra_command(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
