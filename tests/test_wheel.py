@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, TINY
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
