@@ -24,7 +24,7 @@ PREMADE = ROOT / "compressml" / "premade"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "report.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "report.jpg", help=".png, or .jpg (smaller: quality 85)")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=3000)
     args = parser.parse_args()
@@ -52,6 +52,7 @@ def main() -> int:
             )
             report = Path(tmp) / "eval" / "report.html"
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        shot = Path(tmp) / "shot.png"
         subprocess.run(
             [
                 browser,
@@ -60,13 +61,20 @@ def main() -> int:
                 "--disable-gpu",
                 "--hide-scrollbars",
                 f"--window-size={args.width},{args.height}",
-                f"--screenshot={args.out.resolve()}",
+                f"--screenshot={shot}",
                 report.resolve().as_uri(),
             ],
             check=True,
             capture_output=True,
             timeout=120,
         )
+        from PIL import Image
+
+        with Image.open(shot) as im:
+            if args.out.suffix.lower() in (".jpg", ".jpeg"):
+                im.convert("RGB").save(args.out, quality=85, optimize=True)
+            else:
+                im.save(args.out, optimize=True)
     print(f"wrote {args.out}")
     return 0
 

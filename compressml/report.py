@@ -77,27 +77,6 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
             "<h2>Rate-distortion</h2><p>Higher and further left is better: more quality for fewer bits. "
             'Learned curves bold, published references dashed.</p><img class="plot" src="rd.png" alt="RD plot">'
         )
-    avg = sorted(result["averages"], key=lambda r: (r["codec"] not in learned, r["codec"], r["bpp"]))
-    sections.append(
-        "<h2>Averages per codec and setting</h2>"
-        + _table(
-            ["codec", "setting", "bpp", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "encode s", "decode s"],
-            [
-                [
-                    r["codec"],
-                    r["setting"],
-                    f"{r['bpp']:.3f}",
-                    f"{r['psnr']:.2f}",
-                    f"{r['ms_ssim']:.4f}",
-                    f"{r['ms_ssim_db']:.2f}",
-                    f"{r['encode_s']:.3f}",
-                    f"{r['decode_s']:.3f}",
-                ]
-                for r in avg
-            ],
-            "averages",
-        )
-    )
     bd = [(ln, on, e) for ln, against in result["bd_rate"].items() for on, e in against.items() if len(result["curves"][ln]["bpp"]) > 1]
     if bd:
         fmt = lambda v: "n/a" if v is None else f"{v:+.1f} %"
@@ -108,6 +87,26 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
                 ["learned", "against", "BD-rate PSNR", "BD-rate MS-SSIM"],
                 [[ln, on, fmt(e.get("psnr")), fmt(e.get("ms_ssim_db"))] for ln, on, e in bd],
                 "bdrate",
+            )
+        )
+    if result.get("at_equal_bpp"):
+        sections.append(
+            "<h2>One-point curves at the same bpp</h2><p>A single learned point against each other curve's PSNR at its bpp "
+            "(interpolated in log bpp).</p>"
+            + _table(
+                ["learned", "against", "bpp", "ours dB", "theirs dB", "difference"],
+                [
+                    [
+                        e["learned"],
+                        e["against"],
+                        f"{e['bpp']:.3f}",
+                        f"{e['psnr']:.2f}",
+                        f"{e['their_psnr']:.2f}",
+                        f"{e['delta_db']:+.2f} dB",
+                    ]
+                    for e in result["at_equal_bpp"]
+                ],
+                "equalbpp",
             )
         )
     if result.get("matched"):
@@ -133,6 +132,27 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
             "whose file is no larger than ours.</p>" + _table(["codec", "setting", "bpp", "PSNR dB", "MS-SSIM"], rows, "matched")
         )
     sections.append(_crops(result, folder, images, decoded, [c for c in codecs if c.name in CROP_CODECS], match_size))
+    avg = sorted(result["averages"], key=lambda r: (r["codec"] not in learned, r["codec"], r["bpp"]))
+    sections.append(
+        "<h2>Averages per codec and setting</h2>"
+        + _table(
+            ["codec", "setting", "bpp", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "encode s", "decode s"],
+            [
+                [
+                    r["codec"],
+                    r["setting"],
+                    f"{r['bpp']:.3f}",
+                    f"{r['psnr']:.2f}",
+                    f"{r['ms_ssim']:.4f}",
+                    f"{r['ms_ssim_db']:.2f}",
+                    f"{r['encode_s']:.3f}",
+                    f"{r['decode_s']:.3f}",
+                ]
+                for r in avg
+            ],
+            "averages",
+        )
+    )
     page = _PAGE.format(body="\n".join(sections))
     path = out_dir / "report.html"
     atomic_write(path, lambda tmp: tmp.write_text(page), force=True)
@@ -190,6 +210,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width:
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; white-space: pre; }}
+summary {{ margin: 1em 0; cursor: pointer; }}
 img.plot {{ max-width: 100%; }}
 .crops {{ display: flex; flex-wrap: wrap; gap: 0.8em; }}
 figure {{ margin: 0; width: 256px; }}
