@@ -11,6 +11,8 @@ CompressAI, that changes *when* those parts run, not what they are:
   code runs at the first access to anything in them (``compressai.datasets.ImageFolder``, ``from
   compressai.transforms import RGB2YCbCr``, ``dir(...)``), exactly as it would have at import;
   their submodules import normally.
+- ``scipy.stats``, which CompressAI's entropy models import for one function (the Gaussian quantile
+  used when CDF tables are rebuilt), is deferred the same way when CompressAI's import brings it in.
 - ``compressai.registry.transforms``' ``TRANSFORMS`` (every torchvision and torch_geometric
   transform class by name, plus CompressAI's registered ones) is filled at its first read instead
   of at import. The hook does this only when that file is the one it was written for (its hash);
@@ -35,6 +37,9 @@ import sys
 import types
 
 DEFERRED = ("compressai.datasets", "compressai.transforms")
+# imported by CompressAI's entropy models for one call (the Gaussian quantile when CDF tables are
+# rebuilt, GaussianConditional.update): loaded at that call instead (about 1 s on 2 cores)
+DEFERRED_THIRD_PARTY = ("scipy.stats",)
 REGISTRY = "compressai.registry.transforms"
 # sha256 of compressai/registry/transforms.py (CompressAI 1.2.8) that LazyTransforms mirrors
 REGISTRY_SHA256 = {"fc71fb21c81279675485cfae83aa1d5b72f7f8b9bfc522374f2505691ba80146"}
@@ -165,9 +170,9 @@ class _CompressAIFinder(importlib.abc.MetaPathFinder):
     """Acts only while ``compressai/__init__`` runs; inert before and after."""
 
     def find_spec(self, name, path, target=None):
-        if not name.startswith("compressai.") or not _compressai_initializing():
+        if not (name.startswith("compressai.") or name in DEFERRED_THIRD_PARTY) or not _compressai_initializing():
             return None
-        if name in DEFERRED:
+        if name in DEFERRED or name in DEFERRED_THIRD_PARTY:
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is not None and spec.loader is not None:
                 spec.loader = _DeferringLoader(spec.loader)
