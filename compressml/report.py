@@ -203,6 +203,38 @@ def _crops(result, folder: Path, images, decoded, codecs, match_size) -> str:
     return "\n".join(parts)
 
 
+def write_sr_report(result: dict, out_dir: Path) -> Path:
+    """``out_dir/report.html`` of a super-resolution evaluation: the averages and, per image, the crops
+    row that evaluate_sr saved (``crops/<image>.png``: each method, then the ground truth)."""
+    scale = result["scale"]
+    rows = [
+        [
+            m,
+            f"{a['psnr_y']:.2f}",
+            f"{a['ssim_y']:.4f}",
+            f"{a['psnr_rgb']:.2f}",
+            f"{result['megapixels_per_s'][m]:.2f}" if m in result["megapixels_per_s"] else "-",
+        ]
+        for m, a in result["averages"].items()
+    ]
+    sections = [
+        f"<h1>compressml super-resolution evaluation (x{scale})</h1><p>{len({r['image'] for r in result['images']})} image(s): "
+        f"PSNR and SSIM on the luma (Y) channel with a border of {scale} pixels cropped, PSNR on RGB; throughput in output "
+        "megapixels per second.</p>",
+        "<h2>Averages</h2>" + _table(["method", "Y-PSNR dB", "Y-SSIM", "RGB PSNR dB", "MP/s"], rows, "averages"),
+        "<h2>Crops</h2><p>The most detailed window of each image, left to right: "
+        + html.escape(", ".join(result["methods"]))
+        + ", ground truth.</p>",
+    ]
+    for name in dict.fromkeys(r["image"] for r in result["images"]):
+        crop = f"crops/{name.replace('/', '_').replace('.', '_')}.png"
+        if (out_dir / crop).is_file():
+            sections.append(f'<h3>{html.escape(name)}</h3><img src="{crop}" alt="{html.escape(name)}">')
+    path = out_dir / "report.html"
+    atomic_write(path, lambda tmp: tmp.write_text(_PAGE.format(body="\n".join(sections))), force=True)
+    return path
+
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>compressml evaluation</title>
 <style>

@@ -115,7 +115,10 @@ def evaluate_sr(
         "megapixels_per_s": {label: pixels / 1e6 / max(s, 1e-9) for label, s in seconds.items()},
     }
     if out_dir is not None:
+        from compressml.report import write_sr_report
+
         write_sr_results(result, Path(out_dir))
+        write_sr_report(result, Path(out_dir))
     return result
 
 
@@ -151,4 +154,4 @@ def print_sr_report(result: dict) -> None:
         gain = result["averages"][label]["psnr_y"] - base
         console.print(f"{label}: {gain:+.2f} dB Y-PSNR over bicubic, {mps:.2f} output megapixels/s")
     if result.get("output_dir"):
-        console.print(f"results: {result['output_dir']}/results.json, results.csv, crops/")
+        console.print(f"results: {result['output_dir']}/results.json, results.csv, report.html, crops/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -605,6 +606,9 @@ def test_evaluate_red_checkpoint_on_a_folder(tmp_path, sr_images, red_checkpoint
     with Image.open(out / "crops" / "b_png.png") as img:  # bicubic | model | ground truth, 4 px apart
         side = 26  # b.png is 30 x 27, cropped to 30 x 26
         assert img.size == (3 * side + 2 * 4, side)
+    report = (out / "report.html").read_text()  # the table and every crop it shows
+    assert f"{result['averages']['red_x2']['psnr_y']:.2f}" in report
+    assert all((out / src).is_file() for src in re.findall(r'<img src="([^"]+)"', report)) and report.count("<img") == 2
 
 
 def test_evaluate_label_names_the_red_model(tmp_path, sr_images, red_checkpoint):
