@@ -12,6 +12,8 @@ class BuildWithConfigs(build_py):
     def run(self):
         super().run()
         src = Path(__file__).resolve().parent / "conf"
+        if not (src / "train.yaml").is_file():
+            raise SystemExit(f"{src}: the shipped configs are missing (conf/train.yaml); a wheel without them cannot train")
         dst = Path(self.build_lib) / "compressml" / "conf"
         for f in sorted(src.rglob("*.yaml")):
             target = dst / f.relative_to(src)

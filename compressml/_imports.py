@@ -19,8 +19,9 @@ CompressAI, that changes *when* those parts run, not what they are:
   any other CompressAI version is imported unchanged (correct, only slower).
 
 So ``import compressai`` afterwards in the same process still gives the whole package; the one
-visible difference is that the point-cloud datasets which ``compressai.datasets`` registers appear
-in ``compressai.registry.DATASETS`` once that module is first used. CompressAI's
+visible difference is that the datasets which ``compressai.datasets`` registers (ImageFolder,
+Vimeo90kDataset, the point-cloud ones, ...) appear in ``compressai.registry.DATASETS`` once that
+module is first used (``import compressai.datasets`` does not count: use a name in it). CompressAI's
 source is neither copied nor modified. Set ``COMPRESSML_EAGER_IMPORTS=1`` to switch the hook off.
 The hook acts only while CompressAI's ``__init__`` runs (nothing when CompressAI was imported
 before compressml).
@@ -34,6 +35,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 import types
 
 DEFERRED = ("compressai.datasets", "compressai.transforms")
@@ -50,6 +52,9 @@ class _DeferredModule(types.ModuleType):
     found on its path are imported on their own, as the import system would)."""
 
     def __getattr__(self, name: str):
+        if name == "__all__":  # `from module import *` asks for it: the module's own answer
+            _complete(self)
+            return getattr(self, name)
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         path = self.__dict__.get("__path__")
@@ -63,11 +68,22 @@ class _DeferredModule(types.ModuleType):
         return list(self.__dict__)
 
 
+_LOCK = threading.RLock()  # one thread runs a deferred module's code; the others wait for it
+
+
 def _complete(module: types.ModuleType) -> None:
+    """Run a deferred module's code now (once; again at the next use if it failed)."""
     if type(module) is not _DeferredModule:
         return
-    module.__class__ = types.ModuleType
-    module.__spec__.loader_state["loader"].exec_module(module)
+    with _LOCK:
+        if type(module) is not _DeferredModule:
+            return
+        module.__class__ = types.ModuleType  # its own code reads its attributes while it runs
+        try:
+            module.__spec__.loader_state["loader"].exec_module(module)
+        except BaseException:
+            module.__class__ = _DeferredModule
+            raise
 
 
 class _DeferringLoader(importlib.abc.Loader):
@@ -86,21 +102,29 @@ class LazyTransforms(dict):
     then the ones registered with ``register_transform``), filled at its first read."""
 
     _filled = False
+    _filling = False  # reads while it fills (its own copy, the modules it completes) see what is there
 
     def _fill(self) -> None:
         if self._filled:
             return
-        self._filled = True
-        for name in DEFERRED:  # what they register with register_transform belongs in the table too
-            if name in sys.modules:
-                _complete(sys.modules[name])
-        import torch_geometric.transforms
-        import torchvision.transforms
+        with _LOCK:  # other threads wait here; this thread's own reads while it fills get through
+            if self._filled or self._filling:
+                return
+            self._filling = True
+            try:
+                for name in DEFERRED:  # what they register with register_transform belongs in the table too
+                    if name in sys.modules:
+                        _complete(sys.modules[name])
+                import torch_geometric.transforms
+                import torchvision.transforms
 
-        registered = dict.copy(self)
-        for module in (torchvision.transforms, torch_geometric.transforms):
-            dict.update(self, {k: v for k, v in module.__dict__.items() if k[0].isupper()})
-        dict.update(self, registered)  # registered names win, as when they are registered after import
+                registered = dict.copy(self)
+                for module in (torchvision.transforms, torch_geometric.transforms):
+                    dict.update(self, {k: v for k, v in module.__dict__.items() if k[0].isupper()})
+                dict.update(self, registered)  # registered names win, as when they are registered after import
+                self._filled = True
+            finally:
+                self._filling = False
 
 
 def _reading(name: str):

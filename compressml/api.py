@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 ImageLike = Union[str, os.PathLike, "Image.Image", "np.ndarray"]
 
-__all__ = ["Codec", "ImageLike", "compress", "decompress", "load", "upscale"]
+__all__ = ["Codec", "ImageLike", "clear_cache", "compress", "decompress", "load", "upscale"]
 
 
 # -- images in ---------------------------------------------------------------------------------
@@ -83,11 +83,30 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
 
 
 # -- models --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
 def _loaded(path: str, base: str | None = None):
+    """The model at ``path`` (cached by the file's identity: a rewritten checkpoint loads again)."""
+    return _load_cached(_identity(path), _identity(base) if base is not None else None)
+
+
+def _identity(path: str) -> tuple:
+    p = Path(path)
+    if not p.exists():
+        return (path,)  # a classical base codec's name, or a path load_codec will refuse
+    target = p / "manifest.json" if p.is_dir() else p
+    stat = target.stat() if target.exists() else p.stat()
+    return (str(p.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: tuple, base: tuple | None):
     from compressml.codec.loader import load_codec
 
-    return load_codec(path, base)
+    return load_codec(path[0], base[0] if base is not None else None)
+
+
+def clear_cache() -> None:
+    """Forget the loaded models."""
+    _load_cached.cache_clear()
 
 
 def _premade_path(name: str) -> str:
@@ -161,7 +180,7 @@ class Codec:
     def _prepare(self, quality, target, roi, roi_quality) -> tuple[Any, RateRequest]:
         from compressml.codec.files import RateRequest
 
-        request = RateRequest(target=target[0], value=target[1], roi_quality=roi_quality)
+        request = RateRequest(target=target[0], value=target[1], roi_quality=None if roi_quality is None else _quality(roi_quality))
         if roi is not None:
             request.roi = _mask(roi)
         elif roi_quality is not None:
@@ -293,6 +312,7 @@ def load(name_or_path: str | os.PathLike | None = None, base: str | None = None)
         )
     spec = str(name_or_path)
     path = _premade_path(spec)
+    base = _premade_path(base) if base is not None else None
     if not Path(path).exists():
         raise CheckpointError(
             f"{spec}: neither a premade model ({', '.join(m.name for m in premade.premade_models())}) nor a bundle or checkpoint path"
@@ -344,14 +364,18 @@ def decompress(data: bytes, model: str | os.PathLike | Codec | None = None) -> I
     return codec.decompress(data)
 
 
-def upscale(image: ImageLike, scale: int = 2, model: str | os.PathLike | Codec | None = None, tile: int | None = 256) -> Image.Image:
-    """``image`` enlarged ``scale`` times by a RED model (default: the premade ``red-x<scale>``)."""
+def upscale(
+    image: ImageLike, scale: int | None = None, model: str | os.PathLike | Codec | None = None, tile: int | None = 256
+) -> Image.Image:
+    """``image`` enlarged by a RED model: ``model`` (its own scale), or the premade ``red-x<scale>``
+    (``scale`` 2, the default, or 4)."""
     if model is None:
+        scale = 2 if scale is None else scale
         if scale not in (2, 4):
             raise ConfigError(f"the premade super-resolution models are x2 and x4, got scale={scale!r}")
         model = f"red-x{scale}"
     codec = model if isinstance(model, Codec) else load(model)
-    if codec._upscaler is not None and codec._upscaler.scale != scale:
+    if scale is not None and codec._upscaler is not None and codec._upscaler.scale != scale:
         raise ConfigError(f"{codec.name} enlarges x{codec._upscaler.scale}, not x{scale}")
     return codec.upscale(image, tile)
 

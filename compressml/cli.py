@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -21,11 +22,17 @@ def _outputs(pairs, out: str | None, suffix: str) -> list:
     """Map inputs to outputs: a single file may name its output file, otherwise OUT is a folder;
     without OUT, each output lies beside its input (photo.png -> photo.cml)."""
     if out is None:
-        return [(src, src.with_suffix(suffix)) for src, _ in pairs]
-    out_path = Path(out)
-    if len(pairs) == 1 and not out_path.is_dir() and out_path.suffix:
-        return [(pairs[0][0], out_path)]
-    return [(src, out_path / rel.with_suffix(suffix)) for src, rel in pairs]
+        jobs = [(src, src.with_suffix(suffix)) for src, _ in pairs]
+    elif len(pairs) == 1 and not Path(out).is_dir() and Path(out).suffix:
+        jobs = [(pairs[0][0], Path(out))]
+    else:
+        jobs = [(src, Path(out) / rel.with_suffix(suffix)) for src, rel in pairs]
+    seen: dict[Path, Path] = {}
+    for src, dst in jobs:  # photo.png and photo.jpg would both become photo.cml
+        if dst in seen:
+            raise CompressMLError(f"{seen[dst]} and {src} would both be written to {dst}: give them separately")
+        seen[dst] = src
+    return jobs
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -41,6 +48,12 @@ def _compress(args: argparse.Namespace) -> int:
     if len(targets) > 1:
         raise CompressMLError("give one of --max-bytes, --bpp, --psnr, --ms-ssim")
     target, value = targets[0] if targets else (None, None)
+    given = [("-q", args.quality), ("--roi-quality", args.roi_quality)] + ([(f"--{target.replace('_', '-')}", value)] if target else [])
+    for name, v in given:
+        if v is not None and not math.isfinite(v):
+            raise CompressMLError(f"{name} must be a finite number, got {v}")
+    if target is not None and args.quality is not None and args.model is None:
+        raise CompressMLError("give -q or a rate-control target (--max-bytes, --bpp, --psnr, --ms-ssim), not both")
     if args.roi is None and args.roi_quality is not None:
         raise CompressMLError("--roi-quality goes with --roi MASK")
     request = RateRequest(target=target, value=value, roi=Path(args.roi) if args.roi else None, roi_quality=args.roi_quality)
@@ -50,6 +63,8 @@ def _compress(args: argparse.Namespace) -> int:
         if args.base is not None:
             raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
         if target is not None:
+            if not premade.lae_family():
+                raise CompressMLError("this installation has no premade LAE models: give a model with -m")
             request.ladder = [load_codec(str(m.bundle)) for m in premade.lae_family()]
             print(
                 f"models: premade {', '.join(m.name for m in premade.lae_family())} (rate control: --{target.replace('_', '-')} {value:g})"
@@ -62,7 +77,7 @@ def _compress(args: argparse.Namespace) -> int:
             print(f"model: premade {chosen.name} (-q {chosen.quality})")
             model = load_codec(str(chosen.bundle))
     else:
-        model = load_codec(_model_path(args.model), args.base, args.quality)
+        model = load_codec(_model_path(args.model), _model_path(args.base) if args.base else None, args.quality)
     if args.refine:
         if not hasattr(model, "refined"):
             raise CompressMLError("--refine is for LAE models, not the hybrid codec")
@@ -152,9 +167,11 @@ def _upscale(args: argparse.Namespace) -> int:
     if any(dst.suffix.lower() != ".png" for _, dst in jobs):
         raise CompressMLError(f"{jobs[0][1]}: upscale writes PNG files; name the output .png (or give a folder)")
     _refuse_existing([dst for _, dst in jobs], args.force)
-    if args.model is None and args.scale not in (2, 4):
+    if args.model is None and (args.scale or 2) not in (2, 4):
         raise CompressMLError(f"the premade super-resolution models are x2 and x4, got --scale {args.scale}")
-    model = Upscaler.load(_model_path(args.model or f"red-x{args.scale}"))
+    model = Upscaler.load(_model_path(args.model or f"red-x{args.scale or 2}"))
+    if args.scale is not None and model.scale != args.scale:
+        raise CompressMLError(f"{args.model} enlarges x{model.scale}, not x{args.scale} (--scale)")
 
     def work(src: Path, dst: Path) -> dict:
         r = upscale_file(model, src, dst, force=args.force, tile=args.tile)
@@ -328,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         help="a RED: a premade model's name (red-x2, red-x4), export bundle folder (or its manifest.json) or Lightning checkpoint (.ckpt); default: the premade red-x<scale>",
     )
-    up.add_argument("--scale", type=int, default=2, help="without -m: the premade model's scale, 2 (default) or 4")
+    up.add_argument(
+        "--scale", type=int, help="without -m: the premade model's scale, 2 (default) or 4; with -m: checked against the model's"
+    )
     up.add_argument("-o", "--output", required=True, help="output folder (or .png file, for one input)")
     up.add_argument(
         "--tile", type=int, default=256, help="low-resolution tile side for large images (default 256); results match untiled ones"
@@ -354,17 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 HYDRA_COMMANDS = ("train", "evaluate", "export")  # Hydra's own command lines (key=value overrides)
+HYDRA_MODULES = {"train": "train", "evaluate": "evaluate", "export": "export_model"}
 
 
 def _hydra_command(argv: list[str]) -> int:
-    """``compressml train|evaluate|export key=value ...``: the Hydra entry point over the shipped configs."""
-    from compressml import entry_points
+    """``compressml train|evaluate|export key=value ...``: the Hydra entry point over the shipped configs,
+    run as ``python -m compressml.<command>`` would be (so DDP's worker processes start the same way)."""
+    import runpy
 
     command, rest = argv[0], argv[1:]
     saved = sys.argv
-    sys.argv = [f"compressml {command}", *rest]
+    sys.argv = [command, *rest]  # runpy puts the module's file first
     try:
-        getattr(entry_points, command)()
+        runpy.run_module(f"compressml.{HYDRA_MODULES[command]}", run_name="__main__", alter_sys=True)
     finally:
         sys.argv = saved
     return 0

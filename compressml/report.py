@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
     )
     page = _PAGE.format(body="\n".join(sections))
     path = out_dir / "report.html"
-    atomic_write(path, lambda tmp: tmp.write_text(page), force=True)
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"), force=True)
     return path
 
 
@@ -229,9 +230,10 @@ def write_sr_report(result: dict, out_dir: Path) -> Path:
     for name in dict.fromkeys(r["image"] for r in result["images"]):
         crop = f"crops/{name.replace('/', '_').replace('.', '_')}.png"
         if (out_dir / crop).is_file():
-            sections.append(f'<h3>{html.escape(name)}</h3><img src="{crop}" alt="{html.escape(name)}">')
+            src = html.escape(urllib.parse.quote(crop))
+            sections.append(f'<h3>{html.escape(name)}</h3><img src="{src}" alt="{html.escape(name)}">')
     path = out_dir / "report.html"
-    atomic_write(path, lambda tmp: tmp.write_text(_PAGE.format(body="\n".join(sections))), force=True)
+    atomic_write(path, lambda tmp: tmp.write_text(_PAGE.format(body="\n".join(sections)), encoding="utf-8"), force=True)
     return path
 
 

@@ -138,3 +138,18 @@ def test_variable_rate_models_take_a_continuous_quality_and_a_roi(tmp_path, phot
         codec.compress(photo, roi=np.ones((8, 8), np.uint8))
     with pytest.raises(ConfigError, match="0 to 100"):
         codec.compress(photo, quality=101)
+
+
+def test_a_rewritten_model_file_is_loaded_again(tmp_path, photo):
+    import shutil
+
+    from compressml import api
+
+    shutil.copytree(api._premade_path("lae-q1"), tmp_path / "m")
+    first = compressml.load(tmp_path / "m")
+    assert compressml.load(tmp_path / "m")._coder is first._coder  # cached
+    shutil.rmtree(tmp_path / "m")
+    shutil.copytree(api._premade_path("lae-q2"), tmp_path / "m")  # another model under the same path
+    second = compressml.load(tmp_path / "m")
+    assert second.fingerprint != first.fingerprint
+    assert compressml.upscale(photo, model="red-x4").size == (384, 256)  # a model's own scale by default

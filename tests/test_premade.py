@@ -164,3 +164,27 @@ def test_folders_recursive_with_a_summary_failures_reported_and_the_batch_going_
     assert not (tmp_path / "x.cml").exists()
     assert main(["upscale", str(src / "a.png"), "-o", str(tmp_path / "a2.png")]) == 0
     assert Image.open(tmp_path / "a2.png").size == (96, 64)
+
+
+def test_batch_refusals_and_names(tmp_path, capsys):
+    from compressml.cli import main
+
+    rng = np.random.default_rng(2)
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "a.jpg", "b.v2.png"):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(src / name)
+    # a.png and a.jpg would both become a.cml: refused before anything is written
+    assert main(["compress", str(src), "-o", str(tmp_path / "out"), "-q", "1"]) == 2
+    assert "would both be written" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["compress", str(src / "a.png"), "-q", "nan"]) == 2
+    assert "finite" in capsys.readouterr().err
+    assert main(["compress", str(src / "a.png"), "-q", "2", "--max-bytes", "5000"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["upscale", str(src / "a.png"), "-m", "red-x2", "--scale", "4", "-o", str(tmp_path / "u.png")]) == 2
+    assert "not x4" in capsys.readouterr().err
+    # an original found for a dotted name (b.v2.cml -> b.v2.png)
+    assert main(["compress", str(src / "b.v2.png"), "-o", str(tmp_path / "c" / "b.v2.cml"), "-q", "1"]) == 0
+    capsys.readouterr()
+    assert main(["decompress", str(tmp_path / "c"), "-o", str(tmp_path / "d"), "--originals", str(src)]) == 0
+    assert " dB" in capsys.readouterr().out

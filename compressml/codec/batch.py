@@ -46,10 +46,13 @@ def run_batch(jobs: Sequence[tuple[Path, Path]], work: Callable[[Path, Path], di
         for src, dst in jobs:
             try:
                 record = work(src, dst)
-            except CompressMLError as e:
+            except (CompressMLError, OSError) as e:
                 if len(jobs) == 1:
+                    if isinstance(e, OSError):  # a file that cannot be read or written: one line too
+                        raise DataError(f"{src}: {e.strerror or e}") from None
                     raise
-                message = str(e) if str(src) in str(e) else f"{src}: {e}"
+                text = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+                message = text if str(src) in text else f"{src}: {text}"
                 result.failures.append((src, message))
                 print(f"error: {message}", file=sys.stderr)
             else:
@@ -108,7 +111,7 @@ def find_original(originals: Path, rel: Path) -> Path | None:
 
     stem = originals / rel.with_suffix("")
     for suffix in IMAGE_SUFFIXES:
-        for candidate in (stem.with_suffix(suffix), stem.with_suffix(suffix.upper())):
+        for candidate in (stem.with_name(stem.name + suffix), stem.with_name(stem.name + suffix.upper())):
             if candidate.is_file():
                 return candidate
     return None

@@ -25,6 +25,7 @@ log 位 over the trained range: ``log 位 = log 位_min + q / 100 路 (log 位_max 鈭
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -168,17 +169,22 @@ def is_variable_rate(model: nn.Module) -> bool:
     return rate_gain_of(model) is not None
 
 
+_CONDITION_LOCK = threading.RLock()  # the condition is state of the shared network: one coder at a time
+
+
 @contextmanager
 def conditioned(model: nn.Module, log_lmbda: float | torch.Tensor | None):
     """For a while, ``model`` codes at this log 位 (a number, (N,) or an (N, 1, h, w) latent map);
-    nothing for a fixed-rate model."""
+    nothing for a fixed-rate model. Threads coding with variable-rate models take turns (the
+    condition is the network's state)."""
     gain = rate_gain_of(model)
     if gain is None:
         yield model
         return
-    before = gain.condition
-    gain.condition = log_lmbda
-    try:
-        yield model
-    finally:
-        gain.condition = before
+    with _CONDITION_LOCK:
+        before = gain.condition
+        gain.condition = log_lmbda
+        try:
+            yield model
+        finally:
+            gain.condition = before
