@@ -1,4 +1,5 @@
-"""Files of ``.cml`` format version 1 (made before version 2) still decode, to the same pixels."""
+"""Files of ``.cml`` format version 1 (made before version 2), and files of the first premade models,
+still decode to the same pixels."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from compressml.codec.files import decompress_file, read_container
 from compressml.codec.loader import load_codec
 
 HERE = Path(__file__).parent / "data" / "format_v1"
+FIRST_PREMADE = Path(__file__).parent / "data" / "premade_v1"
 PREMADE = Path(__file__).resolve().parents[1] / "compressml" / "premade"
 
 CASES = [("lae-q1", "lae-q1.decoded.png"), ("mllae-lossless", "astronaut_80x104.png"), ("red-x2", "hybrid-webp.decoded.png")]
@@ -31,3 +33,18 @@ def test_version_1_files_still_decode(model, expected, tmp_path):
     else:  # float synthesis: at most one level off where the thread count differs (issue: deterministic decoding)
         assert np.abs(got - want).max() <= 1
         assert (got != want).mean() < 1e-3
+
+
+@pytest.mark.parametrize("model", ["lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2"])
+def test_files_of_the_first_premade_models_still_decode(model, tmp_path):
+    name = {"red-x2": "hybrid-webp"}.get(model, model)
+    expected = "astronaut_80x104.png" if model == "mllae-lossless" else f"{name}.decoded.png"
+    out = tmp_path / "decoded.png"
+    decompress_file(load_codec(PREMADE / model), FIRST_PREMADE / f"{name}.cml", out)
+    got = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    want = np.asarray(Image.open(FIRST_PREMADE / expected).convert("RGB")).astype(int)
+    assert got.shape == want.shape
+    if model == "mllae-lossless":
+        assert np.array_equal(got, want)  # exact arithmetic: the source pixels everywhere
+    else:  # the same latents (exact entropy decoding); the float synthesis at most one level off on another CPU
+        assert np.abs(got - want).max() <= 1 and (got != want).mean() < 1e-2
