@@ -122,3 +122,12 @@ def test_cli_user_error_is_one_line(tmp_path):
     errors = [line for line in res.stderr.strip().splitlines() if line.startswith("error:")]
     assert errors == ["error: g.lmbda must be > 0, got -1.0"] or errors == ["error: g.lmbda must be > 0, got -1"]
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export"])
+def test_compressml_hydra_commands_compose_their_configs(command, capsys, monkeypatch, tmp_path):
+    from compressml.cli import main
+
+    monkeypatch.chdir(tmp_path)  # from any folder: the shipped configs are found beside the package
+    assert main([command, "--cfg", "job"]) == 0  # Hydra prints the composed config
+    assert {"train": "task_name: train", "evaluate": "task_name: evaluate", "export": "checkpoint: ???"}[command] in capsys.readouterr().out
