@@ -155,6 +155,9 @@ def main() -> int:
     }
     print("curve: " + ", ".join(f"q{c['quality']} {c['bpp']:.3f} bpp {c['psnr']:.2f} dB" for c in summary["curve"]))
     for e in summary["roi"]:
+        if not e["fits"]:
+            print(f"ROI, uniform q{e['base']:g} vs region q{e['region_quality']:g}: even background quality 0 is too large on every image")
+            continue
         print(
             f"ROI, uniform q{e['base']:g} vs region q{e['region_quality']:g}: fits on {e['fits']}/{n} images; inside "
             f"{e['inside_gain_db_mean']:+.2f} dB on average (min {e['inside_gain_db_min']:+.2f}), outside "
@@ -173,13 +176,13 @@ def main() -> int:
 def _roi_summary(rows: list, i: int) -> dict:
     entries = [r["roi"][i] for r in rows]
     done = [e for e in entries if e["roi"] is not None]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
     return {
         "base": entries[0]["base"],
         "region_quality": entries[0]["region_quality"],
         "fits": len(done),
         "inside_gain_db_mean": mean([e["inside_gain_db"] for e in done]),
-        "inside_gain_db_min": min((e["inside_gain_db"] for e in done), default=float("nan")),
+        "inside_gain_db_min": min((e["inside_gain_db"] for e in done), default=None),
         "outside_loss_db_mean": mean([e["outside_loss_db"] for e in done]),
         "size_ratio_mean": mean([e["roi"]["bytes"] / e["uniform"]["bytes"] for e in done]),
     }
