@@ -86,3 +86,17 @@ def available_codecs(names: Sequence[str] | None = None) -> list[ClassicalCodec]
     if unknown:
         raise ConfigError(f"unknown classical codec(s) {unknown}; choose from {', '.join(CODECS)}")
     return [CODECS[n] for n in names if is_supported(CODECS[n])]
+
+
+def match_size(codec: ClassicalCodec, rgb: np.ndarray, max_bytes: int) -> tuple[int, bytes] | None:
+    """(quality, file) of the classical codec's best quality whose file is no larger than ``max_bytes``
+    (binary search over 1..100), or None when even quality 1 is larger."""
+    lo, hi, best = 1, 100, None
+    while lo <= hi:
+        q = (lo + hi) // 2
+        data = codec.encode(rgb, q)
+        if len(data) <= max_bytes:
+            best, lo = (q, data), q + 1
+        else:
+            hi = q - 1
+    return best

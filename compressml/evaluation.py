@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from compressml import metrics
-from compressml.baselines import ClassicalCodec
+from compressml.baselines import ClassicalCodec, match_size
 from compressml.codec import container as cml
 from compressml.codec.families import FAMILIES, family, family_of
 from compressml.codec.files import CodecModel, atomic_write
@@ -129,20 +129,6 @@ def evaluate_learned(
             record.update(family(model.family).record_extras(model.net, container))
         records.append(record)
     return records
-
-
-def match_size(codec: ClassicalCodec, rgb: np.ndarray, max_bytes: int) -> tuple[int, bytes] | None:
-    """(quality, file) of the classical codec's best quality whose file is no larger than ``max_bytes``
-    (binary search over 1..100), or None when even quality 1 is larger."""
-    lo, hi, best = 1, 100, None
-    while lo <= hi:
-        q = (lo + hi) // 2
-        data = codec.encode(rgb, q)
-        if len(data) <= max_bytes:
-            best, lo = (q, data), q + 1
-        else:
-            hi = q - 1
-    return best
 
 
 def size_matched(codec: ClassicalCodec, image: EvalImage, max_bytes: int) -> dict | None:

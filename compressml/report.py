@@ -64,8 +64,6 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
     """Write ``out_dir/report.html`` (and ``out_dir/report/*.png``). ``decoded`` maps (curve, setting,
     image name) to the learned decoded 8-bit RGB (for the images to show); ``codecs`` are the
     classical codecs measured (those of :data:`CROP_CODECS` among them are matched in size)."""
-    from compressml.evaluation import match_size
-
     folder = out_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     learned = set(result["learned"])
@@ -132,7 +130,7 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
             "<h2>At the same file size</h2><p>Each image coded by the classical codec at its best quality "
             "whose file is no larger than ours.</p>" + _table(["codec", "setting", "bpp", "PSNR dB", "MS-SSIM"], rows, "matched")
         )
-    sections.append(_crops(result, folder, images, decoded, [c for c in codecs if c.name in CROP_CODECS], match_size))
+    sections.append(_crops(result, folder, images, decoded, [c for c in codecs if c.name in CROP_CODECS]))
     avg = sorted(result["averages"], key=lambda r: (r["codec"] not in learned, r["codec"], r["bpp"]))
     sections.append(
         "<h2>Averages per codec and setting</h2>"
@@ -160,7 +158,9 @@ def write_report(result: dict, out_dir: Path, images: Sequence, decoded: dict, c
     return path
 
 
-def _crops(result, folder: Path, images, decoded, codecs, match_size) -> str:
+def _crops(result, folder: Path, images, decoded, codecs) -> str:
+    from compressml.baselines import match_size
+
     middle = _middle_points(result)
     shown = [im for im in images if any((c, s, im.name) in decoded for c, s in middle.items())]
     if not shown:
