@@ -282,14 +282,9 @@ def _parse(data: bytes):
 
 
 def _decode(coder, container):
-    from compressml.codec import container as cml
+    from compressml.codec.files import decode_container
 
-    try:
-        return coder.decode(container)
-    except (ValueError, RuntimeError) as e:  # the rANS decoder refusing a damaged string
-        if isinstance(e, CompressMLError):
-            raise
-        raise cml.ContainerError(f"corrupt payload ({str(e).splitlines()[0]})") from None
+    return decode_container(coder, container)
 
 
 def load(name_or_path: str | os.PathLike | None = None, base: str | None = None) -> Codec:

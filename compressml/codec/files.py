@@ -295,16 +295,24 @@ def read_container(path: Path) -> cml.Container:
         raise cml.ContainerError(f"{path}: {e}") from None
 
 
+def decode_container(model, container: cml.Container) -> SourceImage:
+    """``model.decode``, with the rANS decoder's refusal of a damaged string as a ContainerError."""
+    try:
+        return model.decode(container)
+    except CompressMLError:
+        raise
+    except (ValueError, RuntimeError) as e:
+        raise cml.ContainerError(f"corrupt payload ({str(e).splitlines()[0]})") from None
+
+
 def decompress_file(model: CodecModel, src: Path, dst: Path, fmt: str = "png", force: bool = False) -> dict:
     if fmt not in OUTPUT_FORMATS:
         raise CompressMLError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
     container = read_container(src)
     try:
-        image = model.decode(container)
+        image = decode_container(model, container)
     except cml.ContainerError as e:
         raise cml.ContainerError(f"{src}: {e}") from None
-    except (ValueError, RuntimeError) as e:  # the rANS decoder refusing a damaged string
-        raise cml.ContainerError(f"{src}: corrupt payload ({str(e).splitlines()[0]})") from None
     pil = to_pil(image)
     atomic_write(dst, lambda tmp: pil.save(tmp, format=OUTPUT_FORMATS[fmt], **({"lossless": True} if fmt == "webp" else {})), force)
     return {"input": str(src), "output": str(dst), "height": container.height, "width": container.width}
