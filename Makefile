@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-# The best first: the premade LAE models (shipped in the package) on the two held-out photos of
+# The best first: the premade LAE models (shipped in the package: the default variable-rate lae-vr, its
+# own curve compressml-premade-vr, and the fixed-rate lae-q1..q4) on the two held-out photos of
 # scikit-image's samples against JPEG, WebP and AVIF (tables, BD-rates, RD plot, report.html with
 # crops at the same file size); then a one-minute fine-tuning of the premade lae-q3 on the other
 # sample photos (init_from), evaluated the same way against the premade curve. About 3 min on 2 cores.
@@ -25,7 +26,7 @@ DEMO_RUN := logs/demo/runs/$(shell date +%Y-%m-%d_%H-%M-%S)
 PREMADE := compressml/premade
 demo: $(STAMP)
 	@echo; echo "== 1/3  the premade models against JPEG, WebP and AVIF on two photos (real files: bpp from their sizes) =="
-	$(RUN) python evaluate.py data=samples 'checkpoint=[$(PREMADE)/lae-q1,$(PREMADE)/lae-q2,$(PREMADE)/lae-q3,$(PREMADE)/lae-q4]' \
+	$(RUN) python evaluate.py data=samples 'checkpoint=[$(PREMADE)/lae-vr,$(PREMADE)/lae-q1,$(PREMADE)/lae-q2,$(PREMADE)/lae-q3,$(PREMADE)/lae-q4]' \
 		label=compressml-premade 'codecs=[jpeg-420,webp,avif]' 'matched=[jpeg-420,webp]' hydra.run.dir=$(DEMO_RUN)/premade
 	@echo; echo "== 2/3  fine-tuning the premade lae-q3 for a minute on the sample photos (conf/experiment/demo.yaml) =="
 	$(RUN) python train.py experiment=demo hydra.run.dir=$(DEMO_RUN)/train

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ROOT, cpu_model
-from rd_kodak import CURVE, KODAK, kodak_images, measure
+from rd_kodak import CURVE, KODAK, QUALITIES, kodak_images, measure
 
 PREMADE = ROOT / "compressml" / "premade"
 SET5 = (ROOT / ".." / "shared" / "data" / "set5" / "HR").resolve()
 BSD200 = "../shared/data/train/bsd200 (the 200 BSDS500 training photos)"
-SR_DATA = "../shared/data/train (BSDS500 train + test, T91)"
+TRAIN_DATA = "../shared/data/train (671 photos: BSDS500 train + test, T91, SUN-Hays 80, Urban100)"
 LAE_FINE_TUNE = "init_from=<lae-q2 last.ckpt>"
 # where the premade LAE recipes were run: the first runs (premade/lae_qN) in /tmp/premade2/lae_qN, the
 # second runs continuing them (premade/lae_qN_stage2, from the first's last.ckpt) in /tmp/premade3;
@@ -71,20 +71,42 @@ SPECS = {
     "red-x2": dict(
         family="red",
         scale=2,
-        source="/tmp/compressml-bench/red/fsrcnn-x2.ckpt",
-        data=SR_DATA,
-        recipe="python train.py experiment=premade/red_x2",
-        description="super-resolution x2 (FSRCNN + bicubic skip)",
+        source="/tmp/train2/logs/redx2/runs/<run>/checkpoints/last.ckpt",
+        data=TRAIN_DATA,
+        recipe="python train.py experiment=premade/red_v2_x2 callbacks.cpu_budget.seconds=<CPU s>",
+        description="super-resolution x2 (small EDSR 32x8 + bicubic skip)",
     ),
     "red-x4": dict(
         family="red",
         scale=4,
-        source="/tmp/compressml-bench/red/fsrcnn-x4.ckpt",
-        data=SR_DATA,
-        recipe="python train.py experiment=premade/red_x4",
-        description="super-resolution x4 (FSRCNN + bicubic skip)",
+        source="/tmp/train2/logs/redx4/runs/<run>/checkpoints/last.ckpt",
+        data=TRAIN_DATA,
+        recipe="python train.py experiment=premade/red_v2_x4 callbacks.cpu_budget.seconds=<CPU s>",
+        description="super-resolution x4 (small EDSR 32x8 + bicubic skip)",
+    ),
+    "lae-vr": dict(
+        family="lae",
+        variable_rate=True,
+        default=True,
+        source="/tmp/train/logs/vr3/runs/<run>/checkpoints/last.ckpt",
+        data=TRAIN_DATA,
+        recipe=(
+            "python train.py experiment=premade/lae_q4; python train.py experiment=premade/lae_q4_stage2 init_from=<that run's last.ckpt>; "
+            "python train.py experiment=premade/lae_vr init_from=compressml/premade/lae-q4; "
+            "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>; "
+            "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>"
+        ),
+        description="variable-rate mean-scale hyperprior 64/96, lambda 0.0004..0.0932 (-q 0..100; the default of compressml compress)",
+        # runs whose checkpoints are gone (their records from benchmarks/models/README.md and models.json)
+        earlier_records=[
+            {"run": "lae-q4", "from_registry": "lae-q4"},  # its two runs
+            {"run": "vr-mean_scale-13695", "steps": 13695, "wall_time_s": 4440.0, "cpu_s": 6100.0},
+            {"run": "vr-mean_scale-13695-plus8154", "steps": 8154, "wall_time_s": None, "cpu_s": 3000.0},
+        ],
     ),
 }
+# earlier premade models kept (not rebuilt) so that the files they made keep decoding
+KEPT = ("red-x2-v1", "red-x4-v1")
 
 
 def run_record(checkpoint: Path) -> dict:
@@ -99,21 +121,42 @@ def run_record(checkpoint: Path) -> dict:
     run_summary = checkpoint.parent.parent / "summary.json"
     if seconds is None and run_summary.is_file():
         seconds = json.loads(run_summary.read_text()).get("seconds")
-    return {"steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None}
+    run_dir = checkpoint.parent.parent
+    config = run_dir / ".hydra" / "config.yaml"
+    if seconds is None and config.is_file():  # a run stopped by hand: from its start to the checkpoint
+        seconds = checkpoint.stat().st_mtime - config.stat().st_mtime
+    budget = next((v for k, v in (ckpt.get("callbacks") or {}).items() if k.startswith("CPUTimeBudget")), {})
+    record = {"run": str(checkpoint), "steps": int(ckpt.get("global_step", 0)), "wall_time_s": round(seconds, 1) if seconds else None}
+    return {**record, "cpu_s": round(float(budget["used"]), 1)} if "used" in budget else record
 
 
-def training_record(checkpoint: Path, data: str, device: str, earlier: tuple[Path, ...] = ()) -> dict:
+def training_record(checkpoint: Path, data: str, device: str, earlier: tuple[Path, ...] = (), records: tuple[dict, ...] = ()) -> dict:
     """The training of ``checkpoint``, summed with the ``earlier`` runs it continued (each started from
-    the one before with init_from); one entry per run in ``runs`` when there are several."""
-    runs = [run_record(path) for path in (*earlier, checkpoint)]
-    times = [r["wall_time_s"] for r in runs]
+    the one before with init_from: checkpoints, or ``records`` of runs whose checkpoints are gone);
+    one entry per run in ``runs`` when there are several. Wall times missing from a record count as
+    nothing in the sum (``wall_time_known`` says so)."""
+    runs = [*records, *(run_record(path) for path in (*earlier, checkpoint))]
+    times = [r.get("wall_time_s") for r in runs]
     record = {
         "data": data,
         "steps": sum(r["steps"] for r in runs),
-        "wall_time_s": round(sum(times), 1) if all(times) else None,
+        "wall_time_s": round(sum(t for t in times if t), 1) if any(times) else None,
         "device": device,
     }
-    return {**record, "runs": runs} if earlier else record
+    if not all(times):
+        record["wall_time_known"] = False
+    if any("cpu_s" in r for r in runs):
+        record["cpu_s"] = round(sum(r.get("cpu_s", 0.0) for r in runs), 1)
+    return {**record, "runs": runs} if len(runs) > 1 else record
+
+
+def registry_records(entries: dict, record: dict) -> list[dict]:
+    """Earlier runs kept as records: a premade model's runs (``from_registry``), or the record as given."""
+    if "from_registry" not in record:
+        return [dict(record)]
+    t = entries[record["from_registry"]]["training"]
+    runs = t.get("runs") or [{"steps": t["steps"], "wall_time_s": t.get("wall_time_s")}]
+    return [{"run": f"{record['run']} run {i + 1}", **r, "data": t["data"]} for i, r in enumerate(runs)]
 
 
 def export(name: str, checkpoint: Path) -> dict:
@@ -136,6 +179,31 @@ def measure_lae(names: list[str], images) -> dict[str, dict]:
         }
         out[r["setting"]]["summary"] = f"Kodak {r['bpp']:.3f} bpp, {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}"
     return out
+
+
+def measure_variable_rate(name: str, images) -> dict:
+    """A variable-rate model's Kodak curve (real files at rd_kodak's qualities) and its BD-rates."""
+    from compressml.evaluation import LearnedModel
+
+    result = measure([LearnedModel(PREMADE / name, name, name, qualities=QUALITIES)], images, Path("/tmp/compressml-bench/premade-vr"))
+    rows = sorted((r for r in result["averages"] if r["codec"] == name), key=lambda r: r["bpp"])
+    bd = result["bd_rate"][name]
+    lo, hi = rows[0], rows[-1]
+    return {
+        "kodak": {
+            "points": [
+                {"setting": r["setting"], "bpp": round(r["bpp"], 4), "psnr": round(r["psnr"], 2), "ms_ssim": round(r["ms_ssim"], 4)}
+                for r in rows
+            ],
+            "images": lo["images"],
+        },
+        "bd_rate_psnr": {k: (round(v["psnr"], 1) if v.get("psnr") is not None else None) for k, v in bd.items()},
+        "bd_rate_ms_ssim": {k: (round(v["ms_ssim_db"], 1) if v.get("ms_ssim_db") is not None else None) for k, v in bd.items()},
+        "summary": (
+            f"Kodak {lo['bpp']:.2f}-{hi['bpp']:.2f} bpp ({lo['psnr']:.1f}-{hi['psnr']:.1f} dB); BD-rate "
+            f"{bd['jpeg-420']['psnr']:+.1f} % vs JPEG, {bd['webp']['psnr']:+.1f} % vs WebP"
+        ),
+    }
 
 
 def measure_mllae(name: str, images) -> dict:
@@ -196,30 +264,39 @@ def main(argv: list[str] | None = None) -> int:
             "family": spec["family"],
             "bundle": name,
             "fingerprint": summary["fingerprint"],
-            **{k: spec[k] for k in ("quality", "scale") if k in spec},
+            **{k: spec[k] for k in ("quality", "scale", "variable_rate", "default") if k in spec},
             "description": spec["description"],
             "recipe": spec["recipe"],
-            "training": training_record(sources[name], spec["data"], args.device, tuple(Path(e) for e in spec.get("earlier", ()))),
+            "training": training_record(
+                sources[name],
+                spec["data"],
+                args.device,
+                tuple(Path(e) for e in spec.get("earlier", ())),
+                tuple(x for r in spec.get("earlier_records", ()) for x in registry_records(entries, r)),
+            ),
             "bytes": sum(summary["files"].values()),
         }
-    images = kodak_images(args.kodak, args.images)
-    lae = [n for n in SPECS if SPECS[n]["family"] == "lae" and n in entries]
+    images = kodak_images(args.kodak, count=args.images)
+    lae = [n for n in SPECS if SPECS[n]["family"] == "lae" and not SPECS[n].get("variable_rate") and n in entries]
     if any(n in lae for n in names):  # the whole family, for its BD-rates
         print(f"measuring {', '.join(lae)} on {len(images)} Kodak image(s)", flush=True)
         for n, m in measure_lae(sorted(lae), images).items():
             entries[n]["measured"] = m
+    for n in (n for n in names if SPECS[n].get("variable_rate")):
+        print(f"measuring {n} on {len(images)} Kodak image(s)", flush=True)
+        entries[n]["measured"] = measure_variable_rate(n, images)
     for n in (n for n in names if SPECS[n]["family"] == "mllae"):
         print(f"measuring {n} on {len(images)} Kodak image(s)", flush=True)
         entries[n]["measured"] = measure_mllae(n, images)
     for n in (n for n in names if SPECS[n]["family"] == "red"):
         print(f"measuring {n} on Set5", flush=True)
         entries[n]["measured"] = measure_red(n, args.set5)
-    ordered = [entries[n] for n in SPECS if n in entries]
+    ordered = [entries[n] for n in SPECS if n in entries] + [entries[n] for n in KEPT if n in entries]
     registry.write_text(json.dumps({"format": "compressml-premade", "version": 1, "models": ordered}, indent=1) + "\n")
     total = sum(e["bytes"] for e in ordered)
     for e in ordered:
         print(f"{e['name']:<15} {e['bytes'] / 1e6:6.2f} MB  {e.get('measured', {}).get('summary', '')}")
-    print(f"total {total / 1e6:.2f} MB (limit 25 MB); wrote {registry.relative_to(ROOT)} in {time.perf_counter() - started:.0f} s")
+    print(f"total {total / 1e6:.2f} MB (limit 50 MB); wrote {registry.relative_to(ROOT)} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

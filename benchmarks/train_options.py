@@ -6,7 +6,9 @@ model and batch (mean-scale 64/96, random 128x128 crops of the BSDS500 training 
 2. + ``data.cache=true`` with ``data.num_workers=0`` (decoded images kept in memory);
 3. + ``model.channels_last=true``;
 4. + ``trainer.precision=bf16-mixed`` (entropy models stay float32);
-5. + ``model.quantization=ste`` (the current premade recipe).
+5. + ``model.quantization=ste``;
+6. float32 and the cache (row 2) + ``model.compile=true`` (``torch.compile`` of the transforms; its
+   compilation happens in the warm-up steps, before the timing starts), and 7. the same with channels_last.
 Fidelity of bf16-mixed against float32 on the premade lae-q2 model, on the same batch and the same
 noise draw: the bpp estimate, the MSE, and the cosine between the two gradients of the loss.
 
@@ -32,6 +34,14 @@ SETTINGS = [
     ("+ channels_last", {"num_workers": 0, "cache": True}, {"channels_last": True}, "32-true"),
     ("+ bf16-mixed", {"num_workers": 0, "cache": True}, {"channels_last": True}, "bf16-mixed"),
     ("+ quantization=ste", {"num_workers": 0, "cache": True}, {"channels_last": True, "quantization": "ste"}, "bf16-mixed"),
+    # torch.compile of the transforms, on the float32 rows above (this CPU has no bf16 units)
+    ("float32, cache, + torch.compile", {"num_workers": 0, "cache": True}, {"compile": True}, "32-true"),
+    (
+        "float32, cache, channels_last, + torch.compile",
+        {"num_workers": 0, "cache": True},
+        {"channels_last": True, "compile": True},
+        "32-true",
+    ),
 ]
 
 

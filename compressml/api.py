@@ -1,7 +1,7 @@
 """The Python API: compress an image to bytes, decompress bytes to an image, load a model, upscale.
 
 >>> import compressml
->>> data = compressml.compress("photo.png", quality=3)           # bytes of a .cml file (premade models)
+>>> data = compressml.compress("photo.png", quality=60)          # bytes of a .cml file (premade model)
 >>> image = compressml.decompress(data)                          # a PIL image
 >>> small = compressml.compress(image, max_bytes=20_000)         # the best quality within 20000 bytes
 >>> codec = compressml.load("lae-q2")                            # a premade name, a bundle or a checkpoint
@@ -148,7 +148,8 @@ class Codec:
     ) -> bytes:
         """The bytes of a ``.cml`` file holding ``image``.
 
-        ``quality``: 0..100 for a variable-rate LAE (default 75), 1..4 among the premade LAE models;
+        ``quality``: 0..100 for a variable-rate LAE such as the default premade one (default 75), 1..4
+        among the fixed-rate premade family (an installation without the default);
         ``max_bytes`` (a guarantee), ``bpp``, ``psnr`` or ``ms_ssim``: rate control by bisection on
         real coding (give one); ``roi``: a mask (nonzero = region) given more bits, ``roi_quality``
         the region's quality (variable-rate LAE)."""
@@ -194,6 +195,8 @@ class Codec:
                 request.ladder = [_loaded(p) for p in self._ladder]
                 return request.ladder[0], request
             return _loaded(_premade_family_member(quality)), request
+        if quality is not None and request.target is not None:
+            raise ConfigError("give quality or a rate-control target, not both")
         coder = self._coder
         if self._upscaler is not None and coder.base is None:
             raise ConfigError(
@@ -289,11 +292,13 @@ def _decode(coder, container):
 
 def load(name_or_path: str | os.PathLike | None = None, base: str | None = None) -> Codec:
     """A model: a premade name (``compressml models``: ``lae-q2``, ``mllae-lossless``, ``red-x2``, ...),
-    an export bundle folder (or its manifest.json) or a Lightning checkpoint. ``None``: the premade
-    LAE family. A RED model compresses through the hybrid codec around ``base`` (a classical codec
+    an export bundle folder (or its manifest.json) or a Lightning checkpoint. ``None``: the default
+    premade LAE (a variable-rate network; an installation without one: the fixed-rate family). A RED model compresses through the hybrid codec around ``base`` (a classical codec
     such as ``webp`` or an LAE model) and can :meth:`Codec.upscale`."""
     from compressml import premade
 
+    if name_or_path is None and premade.default_lae() is not None:
+        name_or_path = premade.default_lae().name
     if name_or_path is None:
         family = premade.lae_family()
         if not family:
@@ -342,7 +347,7 @@ def compress(
 ) -> bytes:
     """``image`` compressed to the bytes of a ``.cml`` file (see :meth:`Codec.compress`).
 
-    ``model``: a name, path or :class:`Codec` (default: the premade LAE family, ``quality`` 1..4)."""
+    ``model``: a name, path or :class:`Codec` (default: the premade variable-rate LAE, ``quality`` 0..100)."""
     codec = model if isinstance(model, Codec) else load(model)
     return codec.compress(image, quality, max_bytes=max_bytes, bpp=bpp, psnr=psnr, ms_ssim=ms_ssim, roi=roi, roi_quality=roi_quality)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
+from compressml.systems.base import log_this_step
+
 
 class ModelCheckpoint(_LightningModelCheckpoint):
     """Lightning's ModelCheckpoint, with ``save_last`` writing ``last.ckpt`` at every checkpointing
@@ -67,7 +69,8 @@ class CPUTimeBudget(pl.Callback):
         # every rank stops at the same step (under DDP a rank that left alone would hang the others)
         if trainer.strategy.reduce_boolean_decision(self.used() >= self.seconds, all=False):
             trainer.should_stop = True
-        pl_module.log("train/cpu_seconds", self.used(), on_step=True, on_epoch=False)
+        if log_this_step(pl_module):
+            pl_module.log("train/cpu_seconds", self.used(), on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict:
         return {"used": self.used()}

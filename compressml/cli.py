@@ -57,11 +57,22 @@ def _compress(args: argparse.Namespace) -> int:
     if args.roi is None and args.roi_quality is not None:
         raise CompressMLError("--roi-quality goes with --roi MASK")
     request = RateRequest(target=target, value=value, roi=Path(args.roi) if args.roi else None, roi_quality=args.roi_quality)
-    if args.model is None:  # the premade LAE family; -q picks the rate
+    default = _default_lae() if args.model is None else None
+    if args.model is None and args.base is not None:
+        raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
+    if default is not None:  # the premade variable-rate LAE: -q 0..100 or rate control
+        if args.quality is not None and not 0 <= args.quality <= 100:
+            raise CompressMLError(f"-q must be a quality from 0 to 100, got {args.quality:g}")
+        what = (
+            f"rate control: --{target.replace('_', '-')} {value:g}"
+            if target
+            else f"-q {args.quality if args.quality is not None else 75:g}"
+        )
+        print(f"model: premade {default.name} ({what})")
+        model = load_codec(str(default.bundle), None, args.quality)
+    elif args.model is None:  # the premade fixed-rate LAE family; -q picks the rate
         from compressml import premade
 
-        if args.base is not None:
-            raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
         if target is not None:
             if not premade.lae_family():
                 raise CompressMLError("this installation has no premade LAE models: give a model with -m")
@@ -216,6 +227,12 @@ def _premade_for_file(path: Path) -> str:
     return str(found.bundle)
 
 
+def _default_lae():
+    from compressml import premade
+
+    return premade.default_lae()
+
+
 def _models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -226,7 +243,9 @@ def _models(args: argparse.Namespace) -> int:
     if not models:
         print("no premade models in this installation")
         return 0
-    table = Table(title="premade models (use the name with -m; compress uses lae-q* by default, -q picks one)", header_style="bold")
+    default = premade.default_lae()
+    uses = f"compress uses {default.name} by default, -q 0..100" if default else "compress uses lae-q* by default, -q picks one"
+    table = Table(title=f"premade models (use the name with -m; {uses})", header_style="bold")
     for col in ("name", "family", "what", "measured", "size", "trained"):
         table.add_column(col, overflow="fold")
     for m in models:
@@ -263,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "-m",
         "--model",
-        help="an LAE or MLLAE (or, with --base, a RED): a premade model's name (compressml models), an export bundle folder (or its manifest.json) or a Lightning checkpoint (.ckpt); default: the premade LAE family",
+        help="an LAE or MLLAE (or, with --base, a RED): a premade model's name (compressml models), an export bundle folder (or its manifest.json) or a Lightning checkpoint (.ckpt); default: the premade variable-rate LAE (compressml models)",
     )
     comp.add_argument(
         "--base", help="hybrid codec (with a RED -m): the base layer's codec, jpeg-420, jpeg-444, webp, avif or jpeg2000, or an LAE model"
@@ -273,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality",
         type=float,
         help="a variable-rate LAE: quality 0 (smallest files) .. 100 (default 75), "
-        "linear in log λ over the range it was trained on; without -m: which premade LAE, 1 (smallest files) .. 4 "
-        "(default 3); hybrid codec: the classical base codec's quality (default 75)",
+        "linear in log λ over the range it was trained on (also without -m: the premade default); "
+        "hybrid codec: the classical base codec's quality (default 75)",
     )
     comp.add_argument(
         "--max-bytes",
@@ -282,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="max_bytes",
         metavar="N",
         help="rate control: the best quality whose file has at most N bytes (checked on the file; an error "
-        "when even the lowest does not fit). Variable-rate LAE, or the premade family without -m",
+        "when even the lowest does not fit). Variable-rate LAE (the default) or the premade lae-q* ladder",
     )
     comp.add_argument("--bpp", type=float, metavar="B", help="rate control: the file closest to B bits per pixel")
     comp.add_argument("--psnr", type=float, metavar="P", help="rate control: the smallest file whose decoded image reaches P dB")

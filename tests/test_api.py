@@ -22,13 +22,14 @@ def photo() -> np.ndarray:
 def test_compress_takes_a_path_a_pil_image_or_an_array_and_gives_the_same_file(tmp_path, photo):
     path = tmp_path / "p.png"
     Image.fromarray(photo).save(path)
-    by_array = compressml.compress(photo, quality=1)
-    assert compressml.compress(path, quality=1) == by_array == compressml.compress(Image.open(path), quality=1)
+    by_array = compressml.compress(photo, quality=10)
+    assert compressml.compress(path, quality=10) == by_array == compressml.compress(Image.open(path), quality=10)
     assert cml.parse(by_array).family == "lae"
     image = compressml.decompress(by_array)
     assert isinstance(image, Image.Image) and image.size == (96, 64) and image.mode == "RGB"
     assert np.abs(np.asarray(image, dtype=float) - photo).mean() < 40
-    assert len(compressml.compress(photo, quality=4)) > len(by_array)
+    assert len(compressml.compress(photo, quality=90)) > len(by_array)
+    assert compressml.load().name == "lae-vr"  # the default: the premade variable-rate model
 
 
 def test_grey_and_alpha_come_back_as_they_went_in(photo):
@@ -54,7 +55,7 @@ def test_load_gives_a_codec_with_its_metadata_and_the_two_methods(photo):
 
 
 def test_rate_control_through_the_api(photo):
-    sizes = [len(compressml.compress(photo, quality=q)) for q in (1, 4)]
+    sizes = [len(compressml.compress(photo, quality=q)) for q in (10, 90)]
     budget = (sizes[0] + sizes[1]) // 2
     assert len(compressml.compress(photo, max_bytes=budget)) <= budget
     with pytest.raises(RateControlError):
@@ -62,7 +63,9 @@ def test_rate_control_through_the_api(photo):
     with pytest.raises(ConfigError, match="one of"):
         compressml.compress(photo, max_bytes=1000, bpp=1.0)
     with pytest.raises(ConfigError, match="not both"):
-        compressml.compress(photo, quality=2, max_bytes=1000)
+        compressml.compress(photo, quality=20, max_bytes=1000)
+    with pytest.raises(ConfigError, match="not both"):
+        compressml.load("lae-q2").compress(photo, quality=20, max_bytes=1000)
 
 
 def test_upscale(photo):
@@ -86,13 +89,14 @@ def test_upscale(photo):
         (lambda p: compressml.compress(p[:, :, :0]), DataError),
         (lambda p: compressml.compress("/no/such/image.png"), DataError),
         (lambda p: compressml.compress(12), DataError),
-        (lambda p: compressml.compress(p, quality=7), ConfigError),
-        (lambda p: compressml.compress(p, quality=2.5), ConfigError),
+        (lambda p: compressml.compress(p, quality=101), ConfigError),
+        (lambda p: compressml.compress(p, quality="high"), ConfigError),
         (lambda p: compressml.load("no-such-model"), CheckpointError),
         (lambda p: compressml.decompress(b"not a cml file"), cml.ContainerError),
         (lambda p: compressml.decompress("a string"), DataError),
         (lambda p: compressml.upscale(p, scale=3), ConfigError),
-        (lambda p: compressml.compress(p, roi=np.ones((64, 96), np.uint8)), ConfigError),
+        (lambda p: compressml.compress(p, roi=np.ones((10, 10), np.uint8)), CompressMLError),
+        (lambda p: compressml.load("lae-q2").compress(p, roi=np.ones((64, 96), np.uint8)), CompressMLError),
     ],
 )
 def test_every_mistake_is_a_compressml_error(photo, call, error):
@@ -102,7 +106,7 @@ def test_every_mistake_is_a_compressml_error(photo, call, error):
 
 
 def test_a_damaged_payload_is_a_container_error(photo):
-    data = bytearray(compressml.compress(photo, quality=1))
+    data = bytearray(compressml.compress(photo, quality=10))
     data[-20:] = bytes(20)
     with pytest.raises(CompressMLError):
         compressml.decompress(bytes(data))

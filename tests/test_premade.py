@@ -17,7 +17,7 @@ from compressml import premade
 from compressml.cli import main as cli
 from compressml.codec.bundle import load_bundle
 
-SIZE_LIMIT = 25 * 1024 * 1024
+SIZE_LIMIT = 50 * 1000 * 1000
 EVALUATION_SETS = ("kodak", "set5", "set14")
 
 
@@ -27,15 +27,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_registry_lists_every_family_within_the_size_limit():
     models = premade.premade_models()
     names = {m.name for m in models}
-    assert {"lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2", "red-x4"} <= names
+    assert {"lae-vr", "lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2", "red-x4"} <= names
     assert [m.quality for m in premade.lae_family()] == [1, 2, 3, 4]
+    default = premade.default_lae()
+    assert default.name == "lae-vr" and default.variable_rate and [m.name for m in models if m.default] == ["lae-vr"]
     total = sum(p.stat().st_size for m in models for p in m.bundle.iterdir())
     assert total <= SIZE_LIMIT
     entries = json.loads(premade.REGISTRY.read_text())["models"]
     assert len(entries) == len(models)  # every listed bundle is in the package
 
 
-@pytest.mark.parametrize("name", ["lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"])
+@pytest.mark.parametrize("name", ["lae-vr", "lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"])
 def test_bundles_load_as_float16_with_their_registered_fingerprint(name):
     m = premade.find(name)
     net, manifest = load_bundle(m.bundle)  # checks SHA-256 of the files and the fingerprint
@@ -44,7 +46,7 @@ def test_bundles_load_as_float16_with_their_registered_fingerprint(name):
     assert all(p.dtype != torch.float16 for p in net.parameters())  # computes in float32
 
 
-@pytest.mark.parametrize("name", ["lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2", "red-x4"])
+@pytest.mark.parametrize("name", ["lae-vr", "lae-q1", "lae-q2", "lae-q3", "lae-q4", "mllae-lossless", "red-x2", "red-x4"])
 def test_each_model_records_its_recipe_training_and_figures(name, tmp_path):
     m = premade.find(name)
     for key in ("data", "steps", "wall_time_s", "device"):
@@ -74,9 +76,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / max(mse, 1e-10)))
 
 
-def test_compress_uses_the_premade_family_by_default(photo, tmp_path, capsys):
+def test_compress_uses_the_default_variable_rate_model(photo, tmp_path, capsys):
     assert cli(["compress", str(photo)]) == 0
-    assert "premade lae-q3" in capsys.readouterr().out
+    assert "premade lae-vr (-q 75)" in capsys.readouterr().out
     cml = photo.with_suffix(".cml")
     assert cml.is_file()
     out = tmp_path / "back.png"
@@ -87,17 +89,45 @@ def test_compress_uses_the_premade_family_by_default(photo, tmp_path, capsys):
 
 
 def test_quality_picks_the_rate(photo, tmp_path):
+    sizes, quality = [], []
+    for q in (5, 50, 95):
+        out, back = tmp_path / f"q{q}.cml", tmp_path / f"q{q}.png"
+        assert cli(["compress", str(photo), "-q", str(q), "-o", str(out)]) == 0
+        assert cli(["decompress", str(out), "-o", str(back)]) == 0
+        sizes.append(out.stat().st_size)
+        quality.append(psnr(np.asarray(Image.open(back)), np.asarray(Image.open(photo))))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert quality == sorted(quality)
+
+
+def test_rate_control_and_roi_on_the_default_model(photo, tmp_path, capsys):
+    out = tmp_path / "fit.cml"
+    big = tmp_path / "big.cml"
+    assert cli(["compress", str(photo), "-q", "100", "-o", str(big)]) == 0
+    limit = big.stat().st_size // 2
+    assert cli(["compress", str(photo), "--max-bytes", str(limit), "-o", str(out)]) == 0
+    assert "premade lae-vr (rate control: --max-bytes" in capsys.readouterr().out
+    assert out.stat().st_size <= limit
+    mask = tmp_path / "mask.png"
+    m = np.zeros((70, 90), np.uint8)
+    m[20:50, 30:60] = 255
+    Image.fromarray(m).save(mask)
+    assert cli(["compress", str(photo), "--roi", str(mask), "-q", "20", "-o", str(tmp_path / "roi.cml")]) == 0
+
+
+def test_the_fixed_rate_family_stays_available_by_name(photo, tmp_path):
     sizes = []
     for q in (1, 4):
         out = tmp_path / f"q{q}.cml"
-        assert cli(["compress", str(photo), "-q", str(q), "-o", str(out)]) == 0
+        assert cli(["compress", str(photo), "-m", f"lae-q{q}", "-o", str(out)]) == 0
+        assert cli(["decompress", str(out), "-o", str(tmp_path / f"q{q}.png")]) == 0  # found by fingerprint
         sizes.append(out.stat().st_size)
     assert sizes[0] < sizes[1]
 
 
 def test_bad_quality_and_foreign_files_are_one_line_errors(photo, tmp_path, capsys):
-    assert cli(["compress", str(photo), "-q", "9", "-o", str(tmp_path / "x.cml")]) == 2
-    assert "-q must be one of 1, 2, 3, 4" in capsys.readouterr().err
+    assert cli(["compress", str(photo), "-q", "150", "-o", str(tmp_path / "x.cml")]) == 2
+    assert "-q must be a quality from 0 to 100" in capsys.readouterr().err
     assert not (tmp_path / "x.cml").exists()
     ckpt = save_tiny_checkpoint(tmp_path / "mine.ckpt")
     assert cli(["compress", str(photo), "-m", str(ckpt), "-o", str(tmp_path / "mine.cml")]) == 0
@@ -124,8 +154,9 @@ def test_premade_names_work_with_m(photo, tmp_path):
 def test_models_command_lists_them(capsys):
     assert cli(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"):
+    for name in ("lae-vr", "lae-q1", "lae-q4", "mllae-lossless", "red-x2", "red-x4"):
         assert name in out
+    assert "compress uses lae-vr by default" in out
 
 
 def test_folders_recursive_with_a_summary_failures_reported_and_the_batch_going_on(tmp_path, capsys):

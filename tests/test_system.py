@@ -118,3 +118,15 @@ def test_init_from_copies_weights_and_refuses_other_models(tmp_path):
 def test_bad_quantization_is_a_config_error():
     with pytest.raises(ConfigError, match="quantization"):
         tiny_system(quantization="round")
+
+
+def test_compile_wraps_the_transforms_for_training_only_and_keeps_parameter_names():
+    system = tiny_system(compile=True)
+    names = list(system.state_dict())
+    system.on_fit_start()
+    transforms = [system.net.g_a, system.net.g_s, system.net.h_a, system.net.h_s]
+    assert all(m._compiled_call_impl is not None for m in transforms)  # compiled lazily, at the first call
+    assert list(system.state_dict()) == names  # checkpoints keep their keys
+    system.on_fit_end()
+    assert all(m._compiled_call_impl is None for m in transforms)  # coding runs the plain modules
+    assert tiny_system().hparams.compile is False

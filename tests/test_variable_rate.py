@@ -259,7 +259,7 @@ def test_cli_quality_max_bytes_and_roi(vr_bundle, tmp_path, capsys):
     assert r.returncode != 0 and "0..100" in r.stderr
 
 
-def test_info_shows_the_quality_and_the_premade_family_is_a_rate_control_ladder(vr_bundle, tmp_path, capsys):
+def test_info_shows_the_quality_and_the_default_premade_model_takes_rate_control(vr_bundle, tmp_path, capsys):
     from compressml.cli import main
 
     rgb = (smooth(64, 64).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -268,16 +268,17 @@ def test_info_shows_the_quality_and_the_premade_family_is_a_rate_control_ladder(
     capsys.readouterr()
     assert main(["info", str(tmp_path / "a.cml")]) == 0
     assert "quality 62.5" in capsys.readouterr().out
-    # no -m: the premade lae-q1..q4 as the ladder
+    # no -m: the premade variable-rate model, -q 0..100 and rate control on it
     sizes = []
-    for q in (1, 4):
+    for q in (10, 90):
         assert main(["compress", str(tmp_path / "a.png"), "-q", str(q), "-o", str(tmp_path / f"p{q}.cml")]) == 0
         sizes.append((tmp_path / f"p{q}.cml").stat().st_size)
+    assert sizes[0] < sizes[1]
     capsys.readouterr()
     budget = sizes[1] - 1
     assert main(["compress", str(tmp_path / "a.png"), "--max-bytes", str(budget), "-o", str(tmp_path / "b.cml")]) == 0
     out = capsys.readouterr().out
-    assert "lae-q" in out and "coding passes" in out
+    assert "lae-vr" in out and "coding passes" in out
     assert (tmp_path / "b.cml").stat().st_size <= budget
     assert main(["decompress", str(tmp_path / "b.cml"), "-o", str(tmp_path / "b.png")]) == 0
 

@@ -68,7 +68,7 @@ def test_the_wheel_installs_codes_and_trains(tmp_path):
     assert "lae-q1" in run("models") and "red-x2" in run("models")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)).resize((96, 64)).save(work / "p.png")
-    run("compress", "p.png", "-q", "1")
+    run("compress", "p.png", "-q", "10")
     run("decompress", "p.cml", "-o", "back.png")
     assert Image.open(work / "back.png").size == (96, 64)
     run("upscale", "p.png", "-o", "big.png")

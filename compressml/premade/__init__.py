@@ -6,8 +6,10 @@ record (data, steps, wall time, device) and the figures measured on Kodak or Set
 are ordinary export bundles (:mod:`compressml.codec.bundle`): loading one checks its manifest
 and the SHA-256 of its files, and never unpickles anything.
 
-``compressml compress photo.png`` uses the premade LAE family (``-q 1..K`` picks the rate),
-``compressml decompress`` finds the premade model that made a file by its fingerprint, and
+``compressml compress photo.png`` uses the default premade LAE (the entry marked ``"default":
+true``: one variable-rate network, ``-q 0..100``; without one, the fixed-rate family ``lae-q1..qK``,
+``-q`` picking a member), ``compressml decompress`` finds the premade model that made a file by its
+fingerprint (earlier premade models stay in the package so that their files keep decoding), and
 ``compressml models`` prints this list.
 """
 
@@ -22,7 +24,7 @@ from compressml.errors import CompressMLError, ConfigError
 
 HERE = Path(__file__).resolve().parent
 REGISTRY = HERE / "models.json"
-DEFAULT_QUALITY = 3  # of the LAE family, when -q is not given
+DEFAULT_QUALITY = 3  # of the fixed-rate LAE family, when -q is not given
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,14 @@ class Premade:
     family: str  # lae, mllae or red
     bundle: Path
     fingerprint: str
-    quality: int | None = None  # LAE: its rank in the family (1 = smallest files)
+    quality: int | None = None  # fixed-rate LAE: its rank in the family (1 = smallest files)
     scale: int | None = None  # RED
     description: str = ""
     recipe: str = ""
     training: dict = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
+    default: bool = False  # the model compress uses without -m
+    variable_rate: bool = False
 
 
 def registry_entries(path: Path = REGISTRY) -> list[dict[str, Any]]:
@@ -69,14 +73,21 @@ def premade_models(path: Path = REGISTRY) -> list[Premade]:
                     e.get("recipe", ""),
                     e.get("training") or {},
                     e.get("measured") or {},
+                    bool(e.get("default")),
+                    bool(e.get("variable_rate")),
                 )
             )
     return out
 
 
 def lae_family() -> list[Premade]:
-    """The premade LAE models, by quality (1 = lowest rate)."""
-    return sorted((m for m in premade_models() if m.family == "lae"), key=lambda m: m.quality or 0)
+    """The premade fixed-rate LAE models, by quality (1 = lowest rate)."""
+    return sorted((m for m in premade_models() if m.family == "lae" and m.quality is not None), key=lambda m: m.quality)
+
+
+def default_lae() -> Premade | None:
+    """The premade LAE that ``compress`` uses without a model (a variable-rate network), if any."""
+    return next((m for m in premade_models() if m.family == "lae" and m.default), None)
 
 
 def find(name: str) -> Premade | None:

@@ -48,6 +48,14 @@ __all__ = ["FAMILY", "LAESystem", "instantiate_spec", "plain"]
 FAMILY = "lae"
 
 
+TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")  # CompressAI's names of the convolutional stacks
+
+
+def compiled_transforms(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules ``compile`` compiles: the transforms the network has (each a plain stack of layers)."""
+    return [getattr(net, name) for name in TRANSFORMS if isinstance(getattr(net, name, None), torch.nn.Module)]
+
+
 class LAESystem(CodecSystem):
     """Trains one CompressAI model; see the module docstring for the optimisation scheme.
 
@@ -67,6 +75,9 @@ class LAESystem(CodecSystem):
             checkerboard and ELIC models, which CompressAI builds so, ``noise`` for the others).
         channels_last: keep the network and its inputs in channels-last memory order while
             training (faster convolutions on CPU and on GPUs with tensor cores; same results).
+        compile: ``torch.compile`` the network's transforms (the convolutional stacks: analysis,
+            synthesis, hyper-analysis, hyper-synthesis) for training, in place (the same
+            parameter names in checkpoints); coding always runs them uncompiled.
         variable_rate: one network for every λ in ``lmbda_range`` (gain vectors at ``anchors`` values
             of log λ: :mod:`compressml.models.variable_rate`); they go into the net spec.
         rate_maps: variable-rate models: the share of batches trained with a
@@ -94,6 +105,7 @@ class LAESystem(CodecSystem):
         log_images: int = 2,
         quantization: str | None = None,
         channels_last: bool = False,
+        compile: bool = False,
         variable_rate: bool = False,
         lmbda_range: list[float] | tuple[float, float] = DEFAULT_RANGE,
         anchors: int = DEFAULT_ANCHORS,
@@ -127,6 +139,7 @@ class LAESystem(CodecSystem):
                 "log_images": log_images,
                 "quantization": quantization,
                 "channels_last": bool(channels_last),
+                "compile": bool(compile),
                 "variable_rate": bool(variable_rate),
                 "lmbda_range": list(plain(lmbda_range)),
                 "anchors": anchors,
@@ -235,10 +248,15 @@ class LAESystem(CodecSystem):
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.hparams.get("compile"):
+            for module in compiled_transforms(self.net):
+                module.compile()
 
     def on_fit_end(self) -> None:
         # back to the ordinary order: a model that codes must compute exactly as a loaded one
         self.net.to(memory_format=torch.contiguous_format)
+        for module in compiled_transforms(self.net):
+            module._compiled_call_impl = None  # and uncompiled
 
     # -- validation -------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
