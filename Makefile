@@ -55,13 +55,17 @@ test-fast: $(STAMP)
 	$(RUN) pytest -q -m "not slow"
 
 # The benchmark suite on the premade models (compressml/premade): JSON and PNG plots into
-# benchmarks/results/. RD on Kodak, training throughput, codec speed, RED on Set5/Set14, lossless.
+# benchmarks/results/. RD on Kodak (the default lae-vr and the lae-q family against JPEG, WebP, AVIF and
+# CompressAI's published curves) and on Set14 + Set5, training throughput and Lightning's per-step
+# overhead, codec speed, RED on Set5/Set14, lossless.
 # Needs ../shared/data (Kodak, Set5, Set14, the training photos). About 45 min on 2 CPU cores
 # (the RD run also measures the family with compress --refine 50).
 BENCH := $(RUN) python benchmarks
 bench: $(STAMP)
 	$(BENCH)/rd_kodak.py --refine 50
-	$(BENCH)/train_throughput.py
+	$(BENCH)/rd_kodak.py --images-dir ../shared/data/set14/HR ../shared/data/set5/HR --out benchmarks/results/rd_other.json
+	$(BENCH)/train_throughput.py --steps 60 --rounds 5
+	$(BENCH)/lightning_overhead.py
 	$(BENCH)/train_options.py
 	$(BENCH)/codec_speed.py --variants mean_scale --checkpoint mean_scale=compressml/premade/lae-q3 --out benchmarks/results/codec_speed_premade.json
 	$(BENCH)/red_sr.py --premade --out benchmarks/results/red_premade.json

@@ -105,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from compressml.data import ImageFolderDataModule
 
-    args = throughput_parser(__doc__, RESULTS / "train_options.json", rounds=2).parse_args(argv)
+    p = throughput_parser(__doc__, RESULTS / "train_options.json", rounds=2)
+    p.add_argument("--rows", type=int, nargs="+", default=None, help="only these rows (1-based), e.g. --rows 2 6")
+    args = p.parse_args(argv)
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     modules = {}
     rows = []
-    for label, data, options, precision in SETTINGS:
+    for index, (label, data, options, precision) in enumerate(SETTINGS, 1):
+        if args.rows and index not in args.rows:
+            continue
         key = tuple(sorted(data.items()))
         if key not in modules:
             modules[key] = ImageFolderDataModule(
