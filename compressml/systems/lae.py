@@ -249,7 +249,15 @@ class LAESystem(CodecSystem):
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.get("compile"):
-            for module in compiled_transforms(self.net):
+            modules = compiled_transforms(self.net)
+            # the stacks share one code object (Sequential.forward): each stack, with and without
+            # gradients (validation), is one entry of that frame's cache; dynamo's default of 8
+            # would send the later ones back to eager mode
+            import torch._dynamo.config as dynamo_config
+
+            name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 8 * len(modules)))
+            for module in modules:
                 module.compile()
 
     def on_fit_end(self) -> None:
