@@ -59,7 +59,7 @@ def lae_spec(quality: int, lmbda: str, note: str, stages: tuple[str, ...] = tupl
 SPECS = {
     "lae-q1": lae_spec(1, "0.0018", " (smallest files)"),
     "lae-q2": lae_spec(2, "0.0067", ""),
-    "lae-q3": lae_spec(3, "0.025", " (the default of compressml compress)"),
+    "lae-q3": lae_spec(3, "0.025", ""),
     "lae-q4": lae_spec(4, "0.07", " (best quality)"),
     "mllae-lossless": dict(
         family="mllae",
@@ -71,30 +71,40 @@ SPECS = {
     "red-x2": dict(
         family="red",
         scale=2,
-        source="/tmp/train2/logs/redx2/runs/<run>/checkpoints/last.ckpt",
+        source="/tmp/train/logs/redx2b/runs/<run>/checkpoints/last.ckpt",
         data=TRAIN_DATA,
-        recipe="python train.py experiment=premade/red_v2_x2 callbacks.cpu_budget.seconds=<CPU s>",
+        recipe=(
+            "python train.py experiment=premade/red_v2_x2 callbacks.cpu_budget.seconds=1140; "
+            "python train.py experiment=premade/red_v2_x2 init_from=<that run's last.ckpt> model.optimizer.lr=1e-4 "
+            "callbacks.cpu_budget.seconds=600"
+        ),
         description="super-resolution x2 (small EDSR 32x8 + bicubic skip)",
     ),
     "red-x4": dict(
         family="red",
         scale=4,
-        source="/tmp/train2/logs/redx4/runs/<run>/checkpoints/last.ckpt",
+        source="/tmp/train/logs/redx4b/runs/<run>/checkpoints/last.ckpt",
         data=TRAIN_DATA,
-        recipe="python train.py experiment=premade/red_v2_x4 callbacks.cpu_budget.seconds=<CPU s>",
+        recipe=(
+            "python train.py experiment=premade/red_v2_x4 callbacks.cpu_budget.seconds=1660; "
+            "python train.py experiment=premade/red_v2_x4 init_from=<that run's last.ckpt> model.optimizer.lr=1e-4 "
+            "callbacks.cpu_budget.seconds=600"
+        ),
         description="super-resolution x4 (small EDSR 32x8 + bicubic skip)",
     ),
     "lae-vr": dict(
         family="lae",
         variable_rate=True,
         default=True,
-        source="/tmp/train/logs/vr3/runs/<run>/checkpoints/last.ckpt",
+        source="/tmp/train/logs/vr5/runs/<run>/checkpoints/last.ckpt",
         data=TRAIN_DATA,
         recipe=(
             "python train.py experiment=premade/lae_q4; python train.py experiment=premade/lae_q4_stage2 init_from=<that run's last.ckpt>; "
             "python train.py experiment=premade/lae_vr init_from=compressml/premade/lae-q4; "
             "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>; "
-            "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>"
+            "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>; "
+            "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt> model.optimizer.lr=5e-5 "
+            "(then again from its last.ckpt with model.compile=true model.channels_last=true callbacks.cpu_budget.threads=2)"
         ),
         description="variable-rate mean-scale hyperprior 64/96, lambda 0.0004..0.0932 (-q 0..100; the default of compressml compress)",
         # runs whose checkpoints are gone (their records from benchmarks/models/README.md and models.json)
@@ -102,6 +112,7 @@ SPECS = {
             {"run": "lae-q4", "from_registry": "lae-q4"},  # its two runs
             {"run": "vr-mean_scale-13695", "steps": 13695, "wall_time_s": 4440.0, "cpu_s": 6100.0},
             {"run": "vr-mean_scale-13695-plus8154", "steps": 8154, "wall_time_s": None, "cpu_s": 3000.0},
+            {"run": "vr3 (lr 2e-4, 2026-12-02)", "steps": 996, "wall_time_s": 2347.9, "cpu_s": 900.5},
         ],
     ),
 }
@@ -240,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--set", nargs="+", default=[], metavar="NAME=CKPT", help="another checkpoint for a model")
     p.add_argument("--only", nargs="+", choices=list(SPECS), help="build only these (the others stay as they are)")
+    p.add_argument(
+        "--earlier",
+        nargs="+",
+        default=[],
+        metavar="NAME=CKPT",
+        help="a run the model's checkpoint continued (init_from), in order: its steps and time join the record",
+    )
     p.add_argument("--images", type=int, default=None, help="first N Kodak images for the figures (default: all 24)")
     p.add_argument("--kodak", type=Path, default=KODAK)
     p.add_argument("--set5", type=Path, default=SET5)
@@ -252,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SPECS or not path:
             raise SystemExit(f"--set wants NAME=CKPT with NAME in {', '.join(SPECS)}")
         sources[name] = Path(path)
+    earlier: dict[str, list[Path]] = {}
+    for item in args.earlier:
+        name, _, path = item.partition("=")
+        if name not in SPECS or not path:
+            raise SystemExit(f"--earlier wants NAME=CKPT with NAME in {', '.join(SPECS)}")
+        earlier.setdefault(name, []).append(Path(path))
     names = args.only or list(SPECS)
     registry = PREMADE / "models.json"
     entries = {e["name"]: e for e in (json.loads(registry.read_text())["models"] if registry.is_file() else [])}
@@ -271,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 sources[name],
                 spec["data"],
                 args.device,
-                tuple(Path(e) for e in spec.get("earlier", ())),
+                (*(Path(e) for e in spec.get("earlier", ())), *earlier.get(name, ())),
                 tuple(x for r in spec.get("earlier_records", ()) for x in registry_records(entries, r)),
             ),
             "bytes": sum(summary["files"].values()),

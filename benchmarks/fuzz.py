@@ -7,7 +7,7 @@ Families (seed files coded from 64x64 crops, plus the committed format v1 files)
 ``lae-v1``             tests/data/format_v1/lae-q1.cml (premade lae-q1)
 ``mllae-fixed``        a small MLLAE-N (N = 16 bytes per 16x16 block, rANS stage), built here
 ``mllae-lossless``     premade mllae-lossless (and its v1 file)
-``hybrid``             premade red-x2 over a WebP base (and its v1 file)
+``hybrid``             premade red-x2-v1 (the first RED) over a WebP base (and its v1 file)
 
 Each case mutates a seed (bytes flipped, replaced, inserted or cut; header fields or section
 lengths changed; the checksum recomputed for all but a few, so the damage reaches the decoders),
@@ -93,8 +93,8 @@ def build_family(name: str):
         model = CodecModel.load(PREMADE / "mllae-lossless")
         return model, [model.encode(images[0]).to_bytes(), (V1 / "mllae-lossless.cml").read_bytes()]
     if name == "hybrid":
-        coder = HybridCodec.load(str(PREMADE / "red-x2"), "webp", 50)
-        return HybridCodec.load(str(PREMADE / "red-x2")), [coder.encode(images[0]).to_bytes(), (V1 / "hybrid-webp.cml").read_bytes()]
+        coder = HybridCodec.load(str(PREMADE / "red-x2-v1"), "webp", 50)
+        return HybridCodec.load(str(PREMADE / "red-x2-v1")), [coder.encode(images[0]).to_bytes(), (V1 / "hybrid-webp.cml").read_bytes()]
     raise SystemExit(f"unknown family {name!r}; choose from {', '.join(FAMILIES)}")
 
 

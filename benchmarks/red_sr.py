@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workers", type=int, help="data loader workers (default: 2 on CPU, up to 8 on GPU)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--premade", action="store_true", help="evaluate the premade red-x2 / red-x4 bundles (FSRCNN) instead of training")
+    p.add_argument("--premade", action="store_true", help="evaluate the premade red-x2 / red-x4 bundles (small EDSR) instead of training")
     p.add_argument(
         "--checkpoints",
         type=Path,
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set14", type=Path, default=DATASETS["set14"])
     p.add_argument("--out", type=Path, default=RESULTS / "red_sr.json")
     args = p.parse_args(argv)
-    if args.premade:  # the shipped models: FSRCNN at x2 and x4
-        args.archs, args.scales = ["fsrcnn"], [2, 4]
+    if args.premade:  # the shipped models: a small EDSR at x2 and x4 (the first ones, FSRCNN, ship as red-x*-v1)
+        args.archs, args.scales = ["edsr"], [2, 4]
     scales = sorted(set(args.scales))
     archs = [a for a in ARCHS if a in args.archs]
 
