@@ -64,6 +64,7 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     hours = [r["hours"] for r in results["rows"]]
@@ -74,7 +75,13 @@ def plot(results: dict, path: Path) -> None:
     for codec, target in TARGETS.items():
         ax.axhline(target, ls=":", lw=1, color="grey")
         ax.text(hours[0], target, f" target vs {codec}", va="bottom", fontsize=7, color="grey")
+    for codec, f in results.get("fit", {}).items():  # the straight line in log(hours), dashed
+        if f:
+            xs = [min(hours), max(hours)]
+            ax.plot(xs, [f["a"] + f["b"] * math.log(x) for x in xs], "--", lw=1, color="grey")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("CPU hours of training (whole chain, 2-core AMD EPYC)")
     ax.set_ylabel("Kodak BD-rate, PSNR (%)")
     ax.set_title("default premade LAE: BD-rate against training time")
@@ -109,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     models = [LearnedModel(path, path.name, f"h{hours:g}", qualities=tuple(args.qualities)) for hours, path in snapshots]
     images = kodak_images(args.kodak, count=args.images)
     result = measure(models, images, Path("/tmp/compressml-bench/learning_curve"))
-    rows = [{"hours": h, "snapshot": str(path), "bd": result["bd_rate"][f"h{h:g}"]} for h, path in snapshots]
+    # a variable-rate model's curve is named "<curve>:<setting>"
+    curve_of = {name.split(":")[0]: name for name in result["bd_rate"]}
+    rows = [{"hours": h, "snapshot": str(path), "bd": result["bd_rate"][curve_of[f"h{h:g}"]]} for h, path in snapshots]
     fits = {}
     for codec, target in TARGETS.items():
         f = fit([(r["hours"], r["bd"][codec]["psnr"]) for r in rows if r["bd"].get(codec, {}).get("psnr") is not None])
