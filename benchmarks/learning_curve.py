@@ -75,7 +75,7 @@ def plot(results: dict, path: Path) -> None:
     for codec, target in TARGETS.items():
         ax.axhline(target, ls=":", lw=1, color="grey")
         ax.text(hours[0], target, f" target vs {codec}", va="bottom", fontsize=7, color="grey")
-    for codec, f in results.get("fit", {}).items():  # the straight line in log(hours), dashed
+    for f in results.get("fit", {}).values():  # the straight line in log(hours), dashed
         if f:
             xs = [min(hours), max(hours)]
             ax.plot(xs, [f["a"] + f["b"] * math.log(x) for x in xs], "--", lw=1, color="grey")
