@@ -104,7 +104,9 @@ SPECS = {
             "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>; "
             "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt>; "
             "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt> model.optimizer.lr=5e-5 "
-            "(then again from its last.ckpt with model.compile=true model.channels_last=true callbacks.cpu_budget.threads=2)"
+            "callbacks.cpu_budget.threads=1; "
+            "python train.py experiment=premade/lae_vr init_from=<that run's last.ckpt> model.optimizer.lr=5e-5 "
+            "model.compile=true model.channels_last=true"
         ),
         description="variable-rate mean-scale hyperprior 64/96, lambda 0.0004..0.0932 (-q 0..100; the default of compressml compress)",
         # runs whose checkpoints are gone (their records from benchmarks/models/README.md and models.json)
