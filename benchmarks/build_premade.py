@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {n} on Set5", flush=True)
         entries[n]["measured"] = measure_red(n, args.set5)
     ordered = [entries[n] for n in SPECS if n in entries] + [entries[n] for n in KEPT if n in entries]
+    ordered.sort(key=lambda e: not e.get("default"))  # the default first (compressml models lists them in this order)
     registry.write_text(json.dumps({"format": "compressml-premade", "version": 1, "models": ordered}, indent=1) + "\n")
     total = sum(e["bytes"] for e in ordered)
     for e in ordered:
