@@ -245,6 +245,17 @@ def measure_red(name: str, set5: Path) -> dict:
     }
 
 
+def named_checkpoints(items: list[str], flag: str) -> list[tuple[str, Path]]:
+    """``NAME=CKPT`` arguments of ``flag`` as (name, path), in order; NAME must be a model of SPECS."""
+    pairs = []
+    for item in items:
+        name, _, path = item.partition("=")
+        if name not in SPECS or not path:
+            raise SystemExit(f"{flag} wants NAME=CKPT with NAME in {', '.join(SPECS)}")
+        pairs.append((name, Path(path)))
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].replace("\n", " "),
@@ -267,17 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.perf_counter()
     sources = {n: Path(s["source"]) for n, s in SPECS.items()}
-    for item in args.set:
-        name, _, path = item.partition("=")
-        if name not in SPECS or not path:
-            raise SystemExit(f"--set wants NAME=CKPT with NAME in {', '.join(SPECS)}")
-        sources[name] = Path(path)
+    sources.update((name, path) for name, path in named_checkpoints(args.set, "--set"))
     earlier: dict[str, list[Path]] = {}
-    for item in args.earlier:
-        name, _, path = item.partition("=")
-        if name not in SPECS or not path:
-            raise SystemExit(f"--earlier wants NAME=CKPT with NAME in {', '.join(SPECS)}")
-        earlier.setdefault(name, []).append(Path(path))
+    for name, path in named_checkpoints(args.earlier, "--earlier"):
+        earlier.setdefault(name, []).append(path)
     names = args.only or list(SPECS)
     registry = PREMADE / "models.json"
     entries = {e["name"]: e for e in (json.loads(registry.read_text())["models"] if registry.is_file() else [])}
