@@ -38,7 +38,6 @@ def _outputs(pairs, out: str | None, suffix: str) -> list:
 def _compress(args: argparse.Namespace) -> int:
     from compressml.codec.batch import run_batch
     from compressml.codec.files import RateRequest, compress_file, expand_inputs
-    from compressml.codec.loader import load_codec
     from compressml.codec.rate_control import TARGETS
     from compressml.data.images import IMAGE_SUFFIXES
 
@@ -57,6 +56,52 @@ def _compress(args: argparse.Namespace) -> int:
     if args.roi is None and args.roi_quality is not None:
         raise CompressMLError("--roi-quality goes with --roi MASK")
     request = RateRequest(target=target, value=value, roi=Path(args.roi) if args.roi else None, roi_quality=args.roi_quality)
+    if args.max_error is not None:
+        model = _near_lossless(args, target)
+    else:
+        model = _lossy_model(args, target, request)
+    if request.roi is not None and len(jobs) > 1:
+        raise CompressMLError("--roi MASK is for one image (the mask has its size)")
+
+    def work(src: Path, dst: Path) -> dict:
+        r = compress_file(model, src, dst, force=args.force, request=request)
+        return {**r, "bytes_in": src.stat().st_size, "bytes_out": r["bytes"]}
+
+    def line(r: dict) -> str:
+        chosen = f" ({r['rung']}, {_achieved(target, r['achieved'])}, {r['passes']} coding passes)" if "rung" in r else ""
+        return f"{r['input']} -> {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{chosen}"
+
+    return _finish(run_batch(jobs, work, line, "compressing"), len(jobs), "compressed")
+
+
+def _near_lossless(args: argparse.Namespace, target: str | None):
+    """``--max-error D``: an MLLAE in lossless mode (the premade mllae-lossless without -m)."""
+    from compressml.codec.loader import load_codec
+
+    others = [
+        ("-q", args.quality is not None),
+        ("rate control", target is not None),
+        ("--roi", args.roi is not None),
+        ("--refine", bool(args.refine)),
+        ("--base", args.base is not None),
+        ("--decoding-mode", args.decoding_mode is not None),
+    ]
+    clash = [name for name, given in others if given]
+    if clash:
+        raise CompressMLError(f"--max-error (near-lossless MLLAE) does not go with {clash[0]}")
+    if args.model is None:
+        print(f"model: premade mllae-lossless (--max-error {args.max_error})")
+    model = load_codec(_model_path(args.model or "mllae-lossless"))
+    if not hasattr(model, "near_lossless"):
+        raise CompressMLError("--max-error needs an MLLAE in lossless mode, not the hybrid codec")
+    return model.near_lossless(args.max_error)
+
+
+def _lossy_model(args: argparse.Namespace, target: str | None, request):
+    """The codec of a compress without --max-error: the premade LAE(s) without -m, else the model given."""
+    from compressml.codec.loader import load_codec
+
+    value = request.value
     default = _default_lae() if args.model is None else None
     if args.model is None and args.base is not None:
         raise CompressMLError("--base needs -m RED_MODEL (the hybrid codec's upscaler)")
@@ -99,18 +144,7 @@ def _compress(args: argparse.Namespace) -> int:
         model = model.with_decoding_mode(args.decoding_mode)
     if (target is not None or request.roi is not None) and not hasattr(model, "at"):
         raise CompressMLError("rate control and --roi are for LAE models, not the hybrid codec")
-    if request.roi is not None and len(jobs) > 1:
-        raise CompressMLError("--roi MASK is for one image (the mask has its size)")
-
-    def work(src: Path, dst: Path) -> dict:
-        r = compress_file(model, src, dst, force=args.force, request=request)
-        return {**r, "bytes_in": src.stat().st_size, "bytes_out": r["bytes"]}
-
-    def line(r: dict) -> str:
-        chosen = f" ({r['rung']}, {_achieved(target, r['achieved'])}, {r['passes']} coding passes)" if "rung" in r else ""
-        return f"{r['input']} -> {r['output']}: {r['bytes']} bytes, {r['bpp']:.4f} bpp{chosen}"
-
-    return _finish(run_batch(jobs, work, line, "compressing"), len(jobs), "compressed")
+    return model
 
 
 def _finish(result, jobs: int, what: str) -> int:
@@ -204,6 +238,7 @@ def _info(args: argparse.Namespace) -> int:
             f"{d['channels']} channel(s), {d['bit_depth']}-bit, {d['bytes']} bytes, {d['bpp']:.4f} bpp"
             + (f", decoding mode {d['decoding_mode']}" if d["decoding_mode"] else "")
             + (f", quality {d['quality']}" if d.get("quality") else "")
+            + (f", near-lossless: every sample within ±{d['max_error']}" if d.get("max_error") else "")
         )
     return 0
 
@@ -274,6 +309,18 @@ def _steps(text: str) -> int:
     return value
 
 
+def _max_error(text: str) -> int:
+    from compressml.codec.mllae import MAX_ERROR_LIMIT
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_ERROR_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_ERROR_LIMIT}, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compressml", description="Learned image compression, config-driven.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -320,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="roi_quality",
         metavar="Q",
         help="with --roi: the region's quality (default: 40 above -q, at most 100)",
+    )
+    comp.add_argument(
+        "--max-error",
+        type=_max_error,
+        metavar="D",
+        help="near-lossless: every sample of the decoded image within ±D of the original (8-bit; 0: lossless), "
+        "with an MLLAE in lossless mode (default: the premade mllae-lossless)",
     )
     comp.add_argument("-o", "--output", help="output folder (or file, for one input); default: beside each input, as NAME.cml")
     comp.add_argument(

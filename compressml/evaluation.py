@@ -18,6 +18,8 @@ import io
 import json
 import math
 import platform
+import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +51,7 @@ RECORD_FIELDS = (
     "encode_s",
     "decode_s",
     "exact",
+    "max_abs_error",
     "block_bytes_max",
     "block_bytes_mean",
     "block_budget",
@@ -97,6 +100,7 @@ def _record(codec: str, setting, image: EvalImage, num_bytes: int, reconstructio
         "encode_s": enc,
         "decode_s": dec,
         "exact": bool(np.array_equal(reconstruction, image.rgb)),
+        "max_abs_error": int(np.abs(reconstruction.astype(np.int16) - image.rgb.astype(np.int16)).max(initial=0)),
     }
 
 
@@ -137,13 +141,15 @@ def size_matched(codec: ClassicalCodec, image: EvalImage, max_bytes: int) -> dic
     if best is None:
         return None
     q, data = best
-    return _record(codec.name, q, image, len(data), codec.decode(data), 0.0, 0.0)
+    return _record(codec.name, q, image, len(data), codec.decode(data, image.rgb.shape[:2]), 0.0, 0.0)
 
 
 def matched_comparison(
     records: Sequence[dict], learned: Sequence[str], codecs: Sequence[ClassicalCodec], images: Sequence[EvalImage]
 ) -> list[dict]:
     """For each learned point, each codec at the same file size per image (no larger), averaged."""
+    if not codecs:
+        return []
     by_name = {i.name: i for i in images}
     rows = []
     for curve, setting in dict.fromkeys((r["codec"], r["setting"]) for r in records if r["codec"] in learned):
@@ -171,10 +177,10 @@ def evaluate_classical(
             data = codec.encode(image.rgb, setting)
             encode_s = time.perf_counter() - start
             start = time.perf_counter()
-            rgb = codec.decode(data)
+            rgb = codec.decode(data, image.rgb.shape[:2])
             decode_s = time.perf_counter() - start
             if out_dir is not None:
-                path = out_dir / codec.name / str(setting) / _file_name(image, "." + codec.pil_format.lower())
+                path = out_dir / codec.name / str(setting) / _file_name(image, codec.suffix)
                 atomic_write(path, lambda tmp: tmp.write_bytes(data), force=True)
             records.append(_record(codec.name, setting, image, len(data), rgb, encode_s, decode_s))
     return records
@@ -191,6 +197,7 @@ def average(records: Sequence[dict]) -> list[dict]:
         row.update({k: float(np.mean([r[k] for r in rs])) for k in AVERAGED})
         row["ms_ssim_db"] = metrics.ms_ssim_db(row["ms_ssim"])
         row["exact"] = sum(bool(r["exact"]) for r in rs)
+        row["max_abs_error"] = max(r["max_abs_error"] for r in rs)
         if rs[0].get("block_budget") is not None:
             row.update(
                 block_bytes_max=max(r["block_bytes_max"] for r in rs),
@@ -378,9 +385,22 @@ class LearnedModel:
     curve: str | None = None  # the curve it belongs to (default: compressml-<architecture>)
     refine: int = 0  # LAE: steps of encoder-side latent refinement (its curve gets a "+refine<steps>" suffix)
     qualities: tuple[float, ...] | None = None  # a variable-rate LAE: its points (None: VR_QUALITIES)
+    max_errors: tuple[int, ...] | None = None  # an MLLAE in lossless mode: one point per near-lossless bound D
 
 
 VR_QUALITIES = (0.0, 25.0, 50.0, 75.0, 100.0)  # a variable-rate checkpoint's default curve
+
+
+def parse_max_errors(value) -> tuple[int, ...] | None:
+    """``max_error=[0, 1, 2, 4]`` (or one number) -> the near-lossless bounds an MLLAE is evaluated at."""
+    from compressml.codec.mllae import MAX_ERROR_LIMIT
+
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_ERROR_LIMIT for v in values):
+        raise ConfigError(f"max_error must be whole numbers from 0 to {MAX_ERROR_LIMIT} (one or a list), got {value!r}")
+    return tuple(dict.fromkeys(values))
 
 
 def parse_qualities(value) -> tuple[float, ...] | None:
@@ -511,6 +531,12 @@ def _learned_points(models: Sequence[LearnedModel], load_model: Callable[[Path],
         curve = m.curve or default_curve_name(model.net)
         if model.variable_rate:
             curve = (f"{curve}:{m.setting}" if several else curve) if m.curve else (f"{curve}-vr:{m.setting}" if several else f"{curve}-vr")
+        if m.max_errors is not None:
+            if not model.lossless:
+                raise ConfigError(f"max_error is for MLLAE models in lossless mode; {m.path} is not one")
+            for d in m.max_errors:
+                yield m, model.near_lossless(d), curve, f"D{d}"
+            continue
         if m.refine:
             model, curve = model.refined(m.refine), f"{curve}+refine{m.refine}"
         if not model.variable_rate:
@@ -650,6 +676,11 @@ def evaluate_from_config(cfg) -> dict:
     qualities = parse_qualities(plain(cfg.get("qualities")))
     if qualities:
         models = [replace(m, qualities=qualities) for m in models]
+    max_errors = parse_max_errors(plain(cfg.get("max_error")))
+    if max_errors is not None:
+        if families - {"mllae"}:
+            raise ConfigError(f"max_error is for MLLAE models in lossless mode; these are {', '.join(sorted(families - {'mllae'}))}")
+        models = [replace(m, max_errors=max_errors) for m in models]
     refine = plain(cfg.get("refine"))
     if refine:
         if families - {"lae"}:
@@ -662,10 +693,13 @@ def evaluate_from_config(cfg) -> dict:
                 "give only RED checkpoints (for RED as a codec's decoder use hybrid= without them)"
             )
         return evaluate_sr_from_config(cfg, models)
-    codecs = available_codecs(list(cfg.codecs or []))
+    note = lambda msg: print(msg, file=sys.stderr, flush=True)
+    codecs = available_codecs(list(cfg.codecs or []), note=note)
     if not models and not codecs and not hybrids:
         raise ConfigError("nothing to evaluate: give checkpoint=PATH, sweep=DIR, hybrid=[...] and/or codecs=[...]")
     settings = {k: list(v) for k, v in (plain(cfg.get("settings")) or {}).items() if v is not None}
+    if max_errors is not None and "jpeg-ls" in {c.name for c in codecs}:
+        settings.setdefault("jpeg-ls", list(max_errors))  # JPEG-LS at the same bounds D
     unknown = [k for k in settings if k not in {c.name for c in codecs}]
     if unknown:
         raise ConfigError(f"settings given for codec(s) not evaluated: {unknown}")
@@ -681,7 +715,7 @@ def evaluate_from_config(cfg) -> dict:
         settings=settings,
         reference=reference,
         compare=list(cfg.compare or []),
-        matched=available_codecs(list(cfg.get("matched") or [])),
+        matched=available_codecs(list(cfg.get("matched") or []), note=note),
         keep_classical_files=bool(cfg.keep_classical_files),
         report_images=int(cfg.get("report_images", 3)),
         progress=lambda msg: print(f"evaluating {msg}", flush=True),
@@ -800,4 +834,15 @@ def _print_learned_details(console, result: dict) -> None:
             table.add_column(col, justify="left" if col == "codec" else "right")
         for r in exact + lossless:
             table.add_row(r["codec"], f"{r['bpsp']:.3f}", f"{r['exact']}/{r['images']}")
+        console.print(table)
+    near = [r for r in learned if re.fullmatch(r"D\d+", str(r["setting"]))]
+    if near:
+        near += [r for r in result["averages"] if r["codec"] == "jpeg-ls"]
+        table = Table(title="Near-lossless: bits per sub-pixel at each bound D (every sample within ±D)", header_style="bold")
+        for col in ("codec", "D", "bpsp", "max error", "PSNR dB"):
+            table.add_column(col, justify="left" if col == "codec" else "right")
+        bound = lambda r: int(str(r["setting"]).lstrip("D"))
+        for r in sorted(near, key=lambda r: (bound(r), r["codec"] == "jpeg-ls")):
+            psnr = "lossless" if r["exact"] == r["images"] else f"{r['psnr']:.2f}"
+            table.add_row(r["codec"], str(bound(r)), f"{r['bpsp']:.3f}", str(r["max_abs_error"]), psnr)
         console.print(table)

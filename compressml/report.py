@@ -186,7 +186,7 @@ def _crops(result, folder: Path, images, decoded, codecs) -> str:
                     tiles.append((f"{codec.name}: cannot be made {rec['bytes']} bytes small", None))
                     continue
                 q, data = found
-                other = codec.decode(data)
+                other = codec.decode(data, image.rgb.shape[:2])
                 bpp = 8 * len(data) / image.pixels
                 tiles.append((f"{codec.name} q{q}: {len(data)} bytes, {bpp:.3f} bpp, {_psnr(other, image.rgb):.2f} dB", other))
         cells = []

@@ -138,3 +138,25 @@ def photo(tmp_path) -> Path:
     path.parent.mkdir()
     Image.fromarray(smooth_image(45, 71)).save(path)
     return path
+
+
+def save_image_kind(path: Path, kind: str, rgb: np.ndarray, rng: np.random.Generator) -> None:
+    """``rgb`` (uint8, H x W x 3) saved as a file of one kind: rgb, grey, grey16 (with low bits),
+    rgba, grey_alpha (random alpha) or palette (16 colours)."""
+    from PIL import Image
+
+    alpha = lambda: rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    if kind == "rgb":
+        Image.fromarray(rgb).save(path)
+    elif kind == "grey":
+        Image.fromarray(rgb[..., 0]).save(path)
+    elif kind == "grey16":
+        Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 + rng.integers(0, 200, rgb.shape[:2])).astype(np.uint16)).save(path)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([rgb, alpha()]), mode="RGBA").save(path)
+    elif kind == "grey_alpha":
+        Image.fromarray(np.dstack([rgb[..., 1], alpha()]), mode="LA").save(path)
+    elif kind == "palette":
+        Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16).save(path)
+    else:
+        raise ValueError(kind)

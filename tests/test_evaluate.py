@@ -40,7 +40,7 @@ def images() -> list[EvalImage]:
 def test_classical_codec_round_trip(codec):
     rgb = smooth_image(96, 128)
     data = codec.encode(rgb, codec.settings[max(len(codec.settings) - 2, 0)])  # a high-quality setting
-    out = codec.decode(data)
+    out = codec.decode(data, rgb.shape[:2])
     assert out.shape == rgb.shape and out.dtype == np.uint8
     if codec.lossless:
         assert np.array_equal(out, rgb)

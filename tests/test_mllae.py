@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_system_checkpoint, smooth_image
+from conftest import save_image_kind, save_system_checkpoint, smooth_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -199,19 +199,7 @@ def test_lossless_files_are_bit_exact(kind, lossless_checkpoint, tmp_path):
     rng = np.random.default_rng(3)
     src = tmp_path / "in" / f"{kind}.png"
     src.parent.mkdir()
-    rgb = smooth_image(29, 43)
-    if kind == "rgb":
-        Image.fromarray(rgb).save(src)
-    elif kind == "grey":
-        Image.fromarray(rgb[..., 0]).save(src)
-    elif kind == "grey16":
-        Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 + rng.integers(0, 200, rgb.shape[:2])).astype(np.uint16)).save(src)
-    elif kind == "rgba":
-        Image.fromarray(np.dstack([rgb, rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)]), mode="RGBA").save(src)
-    elif kind == "grey_alpha":
-        Image.fromarray(np.dstack([rgb[..., 1], rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)]), mode="LA").save(src)
-    else:
-        Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16).save(src)
+    save_image_kind(src, kind, smooth_image(29, 43), rng)
     assert main(["compress", str(src), "-m", str(lossless_checkpoint), "-o", str(tmp_path / "c.cml")]) == 0
     assert main(["decompress", str(tmp_path / "c.cml"), "-m", str(lossless_checkpoint), "-o", str(tmp_path / "d.png")]) == 0
     original = read_source(src)

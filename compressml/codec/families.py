@@ -302,10 +302,10 @@ class MLLAEFamily(Family):
     def coding_options(self, source) -> dict:
         return {"entropy": source.get("entropy")}
 
-    def encode(self, net, image, fingerprint, entropy="none", **_):
+    def encode(self, net, image, fingerprint, entropy="none", max_error=0, **_):
         from compressml.codec import mllae
 
-        return mllae.encode(net, image, fingerprint, entropy)
+        return mllae.encode(net, image, fingerprint, entropy, max_error=max_error)
 
     def decode(self, net, container, fingerprint):
         from compressml.codec import mllae

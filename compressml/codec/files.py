@@ -107,6 +107,7 @@ class CodecModel:
     refinement: lae_codec.Refinement | None = None
     decoding_mode: str | None = None
     rate: lae_codec.Rate | None = None  # a variable-rate LAE's quality or quality map
+    max_error: int = 0  # an MLLAE in lossless mode: near-lossless, every sample within ±max_error
 
     def refined(self, steps: int) -> CodecModel:
         """This model encoding with ``steps`` of latent refinement (0: none); decoding is unchanged."""
@@ -144,9 +145,24 @@ class CodecModel:
             rate = lae_codec.Rate(quality=float(rate))
         return replace(self, rate=rate)
 
+    @property
+    def lossless(self) -> bool:
+        """An MLLAE in lossless mode: exact, or near-lossless with :meth:`near_lossless`."""
+        return self.family == "mllae" and self.net.lossless
+
+    def near_lossless(self, max_error: int) -> CodecModel:
+        """This (lossless-mode MLLAE) model coding every sample within ±``max_error`` (0: exactly)."""
+        from compressml.codec.mllae import check_max_error
+
+        if self.family != "mllae":
+            raise CompressMLError(f"--max-error needs an MLLAE in lossless mode; {self.source} is an {self.family.upper()}")
+        check_max_error(self.net, max_error)
+        return replace(self, max_error=max_error)
+
     def encode(self, image: SourceImage) -> cml.Container:
         with torch.no_grad():
             extra = {"rate": self.rate} if self.rate is not None else {}
+            extra.update({"max_error": self.max_error} if self.max_error else {})
             return family(self.family).encode(
                 self.net, image, self.fingerprint, refinement=self.refinement, decoding_mode=self.decoding_mode, **extra, **self.options
             )
@@ -335,7 +351,15 @@ def describe(path: Path) -> dict:
         "bpp": 8 * size / (c.height * c.width),
         "decoding_mode": lae_codec.decoding_mode_of(c) if c.family == "lae" else None,
         "quality": _quality_of(c),
+        "max_error": _max_error_of(c),
     }
+
+
+def _max_error_of(c: cml.Container) -> int | None:
+    """A near-lossless MLLAE file's bound D (None for every other file)."""
+    from compressml.codec import mllae
+
+    return (mllae.file_max_error(c) or None) if c.family == "mllae" else None
 
 
 def _quality_of(c: cml.Container) -> str | None:

@@ -14,6 +14,11 @@ Sections:
   the model's five phases (sub-lattices, coarse to fine), R then G then B within each,
   every pixel predicted from the reconstruction and everything decoded before it; one
   section per phase, channel and 2^20 sub-pixels.
+- ``MAX_ERROR`` (near-lossless, absent when lossless): one byte, the bound D of ``--max-error``.
+  Each residual ``r`` is then quantized to ``q = sign(r) * floor((|r| + D) / (2D + 1))`` and the
+  sample decodes to ``clip(centre + q (2D + 1), 0, 255)``, within ±D of the original; later pixels
+  and channels are predicted from those decoded values (on both sides), as in JPEG-LS's near-lossless
+  mode, and ``q`` is coded under the model's logistic integrated over its ``2D + 1`` residuals.
 - ``ALPHA``: the alpha plane, zlib (as for LAE).
 
 The encoder computes the reconstruction with exactly the code path the decoder runs,
@@ -45,6 +50,7 @@ from compressml.codec.lae import (
     decode_alpha,
 )
 from compressml.codec.tiling import TiledTransform
+from compressml.errors import CompressMLError
 from compressml.models.exact import ExactArithmetic, fixed_partition
 from compressml.models.mllae import (
     LOSSLESS_MAX_SCALE,
@@ -56,12 +62,14 @@ from compressml.models.mllae import (
     split_residual_params,
 )
 
-META, LENGTHS, BLOCKS, RESIDUAL = 0x01, 0x02, 0x11, 0x12
+META, LENGTHS, BLOCKS, RESIDUAL, MAX_ERROR = 0x01, 0x02, 0x11, 0x12, 0x13
+MAX_ERROR_LIMIT = 127  # the largest --max-error (JPEG-LS allows NEAR up to 127 for 8-bit samples)
 ENTROPY_STAGES = {"none": 0, "lzma": 1, "rans": 2}
 LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT = 0, 1, 2  # META's lossless flag
 _META = struct.Struct(">HIBHHBB")
 PRECISION = 16  # rANS CDF precision (CompressAI's)
 RANS_MIN_SYMBOLS = 16  # shorter strings are padded (see _padded)
+NEAR_WIDENING = 0.6  # see _phase_params (fitted on 6 training photos, D = 1, 2, 4)
 SCALE_LEVELS = 64  # residual scales in the CDF table, log-spaced between the model's bounds
 RESIDUAL_TILE = 512  # the residual model runs in tiles of this many pixels (with a margin) on large images
 RESIDUAL_CHUNK = 1 << 20  # sub-pixels per rANS string of the residual (one RESIDUAL section each)
@@ -164,24 +172,47 @@ def _scale_table() -> np.ndarray:
     return np.exp(np.linspace(math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE), SCALE_LEVELS))
 
 
-@lru_cache(maxsize=1)
-def residual_cdfs() -> list[list[int]]:
-    """Discretised-logistic CDFs over residuals -255..255 for each scale of the table."""
+def residual_levels(max_error: int = 0) -> int:
+    """Q: the quantized residuals of a ``max_error`` D lie in -Q..Q (255 for lossless coding)."""
+    return (255 + max_error) // (2 * max_error + 1)
+
+
+@lru_cache(maxsize=8)
+def residual_cdfs(max_error: int = 0) -> list[list[int]]:
+    """Per scale of the table, the CDF of the quantized residual -Q..Q under a discretised logistic:
+    symbol q takes the residuals within ±D of ``q (2D + 1)`` (D = 0: the residuals -255..255 themselves)."""
     from scipy.special import expit
 
-    r = np.arange(-255, 256, dtype=np.float64)
+    step = 2 * max_error + 1
+    q = np.arange(-residual_levels(max_error), residual_levels(max_error) + 1, dtype=np.float64)
     pmfs = []
     for s in _scale_table():
-        upper, lower = expit((r + 0.5) / s), expit((r - 0.5) / s)
+        upper, lower = expit((q * step + max_error + 0.5) / s), expit((q * step - max_error - 0.5) / s)
         upper[-1], lower[0] = 1.0, 0.0  # the end bins take the tails
         pmfs.append(upper - lower)
     return _quantized_cdfs(np.array(pmfs))
 
 
+def quantize_residual(residual: np.ndarray, max_error: int) -> np.ndarray:
+    """Integer residuals to the near-lossless symbols: the nearest multiple of 2D + 1, divided by it."""
+    if max_error == 0:
+        return residual
+    return np.sign(residual) * ((np.abs(residual) + max_error) // (2 * max_error + 1))
+
+
+def dequantize_residual(centre: np.ndarray, symbols: np.ndarray, max_error: int) -> np.ndarray:
+    """The decoded samples: the centre plus the symbols' residuals (clipped to 0..255 when D > 0)."""
+    values = centre + symbols * (2 * max_error + 1)
+    return np.clip(values, 0, 255) if max_error else values
+
+
 def _phase_params(
-    model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor, target: torch.Tensor
+    model: MLLAE, x_hat: torch.Tensor, known: torch.Tensor, known_mask: torch.Tensor, target: torch.Tensor, max_error: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """One phase's means and couplings (tensors) and scale-table indexes (3, H, W), given what is decoded."""
+    """One phase's means and couplings (tensors) and scale-table indexes (3, H, W), given what is decoded.
+    With a near-lossless bound D the decoded neighbours are up to D off, so the prediction is less
+    sure than the model (trained on exact neighbours) says: its variance is widened by
+    ``NEAR_WIDENING * D`` (in the logistic's squared scale units; fitted on training photos)."""
     h, w = x_hat.shape[-2:]
     net = model.residual.net
     if h * w > RESIDUAL_TILE * RESIDUAL_TILE:
@@ -189,6 +220,8 @@ def _phase_params(
     with torch.no_grad():
         context = context_input(x_hat, known, known_mask, target)
         mu, log_scale, coupling = split_residual_params(context, net(context))
+        if max_error:
+            log_scale = 0.5 * torch.log(torch.exp(2 * log_scale) + NEAR_WIDENING * max_error)
     lo, hi = math.log(LOSSLESS_MIN_SCALE), math.log(LOSSLESS_MAX_SCALE)
     index = ((log_scale - lo) / (hi - lo) * (SCALE_LEVELS - 1)).round().clamp(0, SCALE_LEVELS - 1)
     return mu, coupling, index[0].cpu().int().numpy()
@@ -204,26 +237,31 @@ def _chunks(n: int) -> list[slice]:
     return [slice(i, i + RESIDUAL_CHUNK) for i in range(0, n, RESIDUAL_CHUNK)]
 
 
-def encode_residual(model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray) -> list[bytes]:
+def encode_residual(model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray, max_error: int = 0) -> tuple[list[bytes], np.ndarray]:
     """The 8-bit image (3, H, W) given the reconstruction, coded phase by phase and channel by
-    channel (see :data:`~compressml.models.mllae.PHASES`)."""
-    values = torch.from_numpy(x255).to(x_hat)[None]
+    channel (see :data:`~compressml.models.mllae.PHASES`), each sample within ±``max_error``: the
+    strings and the image the decoder will make of them (``x255`` itself when ``max_error`` is 0)."""
+    decoded = np.zeros_like(x255)
+    values = torch.zeros_like(x_hat)
     known = torch.zeros_like(x_hat)
     known_mask = torch.zeros(1, 1, *x255.shape[-2:], dtype=torch.bool, device=x_hat.device)
-    strings = []
+    strings, cdfs, offset = [], residual_cdfs(max_error), -residual_levels(max_error)
     for m in phase_masks(x255.shape[-2:], x_hat.device):
-        mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m)
+        mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m, max_error)
         sel = m[0, 0].cpu().numpy()
         for c in range(3):
-            residual, idx = x255[c][sel] - _centre(mu, coupling, values, c)[sel], index[c][sel]
-            strings += [_rans_encode(residual[k], idx[k], residual_cdfs(), -255) for k in _chunks(residual.size)]
+            centre = _centre(mu, coupling, values, c)[sel]
+            symbols, idx = quantize_residual(x255[c][sel] - centre, max_error), index[c][sel]
+            strings += [_rans_encode(symbols[k], idx[k], cdfs, offset) for k in _chunks(symbols.size)]
+            decoded[c][sel] = dequantize_residual(centre, symbols, max_error)
+            values[0, c][m[0, 0]] = torch.from_numpy(decoded[c][sel]).to(values)
         known = torch.where(m, values / 255, known)
         known_mask |= m
-    return strings
+    return strings, decoded
 
 
-def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes]) -> np.ndarray:
-    """Inverse of :func:`encode_residual`: the exact 8-bit image (3, H, W)."""
+def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes], max_error: int = 0) -> np.ndarray:
+    """Inverse of :func:`encode_residual`: the 8-bit image (3, H, W), exact or within ±``max_error``."""
     shape = (3, *x_hat.shape[-2:])
     masks = phase_masks(shape[-2:], x_hat.device)
     if len(strings) != sum(3 * len(_chunks(int(m.sum()))) for m in masks):
@@ -232,17 +270,18 @@ def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes]) -> 
     values = torch.zeros_like(x_hat)
     known = torch.zeros_like(x_hat)
     known_mask = torch.zeros(1, 1, *shape[-2:], dtype=torch.bool, device=x_hat.device)
-    pos = 0
+    pos, cdfs, offset = 0, residual_cdfs(max_error), -residual_levels(max_error)
     for m in masks:
-        mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m)
+        mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m, max_error)
         sel = m[0, 0].cpu().numpy()
         for c in range(3):
             idx = index[c][sel]
             parts = []
             for k in _chunks(idx.size):
-                parts.append(_rans_decode(strings[pos], idx[k], residual_cdfs(), -255))
+                parts.append(_rans_decode(strings[pos], idx[k], cdfs, offset))
                 pos += 1
-            decoded = _centre(mu, coupling, values, c)[sel] + (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+            symbols = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            decoded = dequantize_residual(_centre(mu, coupling, values, c)[sel], symbols, max_error)
             if decoded.min(initial=0) < 0 or decoded.max(initial=0) > 255:
                 raise ContainerError("corrupt residual payload")
             x255[c][sel] = decoded
@@ -267,11 +306,24 @@ def check_lossless_memory(h: int, w: int, what: str) -> None:
     limits.check_memory(h, w, LOSSLESS_BYTES_PER_PIXEL, what, how="losslessly")
 
 
-def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = "none", exact: bool = True) -> Container:
+def check_max_error(model: MLLAE, max_error: int) -> None:
+    """Refuse, in one line, a ``--max-error`` this model cannot give."""
+    if isinstance(max_error, bool) or not isinstance(max_error, int) or not 0 <= max_error <= MAX_ERROR_LIMIT:
+        raise CompressMLError(f"--max-error must be a whole number from 0 to {MAX_ERROR_LIMIT}, got {max_error!r}")
+    if max_error and not model.lossless:
+        raise CompressMLError("--max-error needs an MLLAE in lossless mode (e.g. the premade mllae-lossless)")
+
+
+def encode(
+    model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = "none", exact: bool = True, max_error: int = 0
+) -> Container:
     """``exact=False`` (lossless only) writes an older file, flag 1: the residual model in this
-    machine's float arithmetic (for comparisons: benchmarks/determinism.py)."""
+    machine's float arithmetic (for comparisons: benchmarks/determinism.py). ``max_error`` D > 0
+    (lossless mode): near-lossless, every decoded sample within ±D of the 8-bit original, which
+    is checked here before the file is made."""
     if entropy not in ENTROPY_STAGES:
         raise ContainerError(f"unknown entropy stage {entropy!r}; choose from {', '.join(ENTROPY_STAGES)}")
+    check_max_error(model, max_error)
     g = model.geometry
     if model.lossless:
         check_lossless_memory(*image.rgb.shape[-2:], "coding")
@@ -299,7 +351,12 @@ def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = 
         x255 = (image.rgb * 255).round().long().numpy()
         with ExactArithmetic() if exact else contextlib.nullcontext():
             x_hat = model.decode(codes, grid, (h, w))
-            sections += [(RESIDUAL, string) for string in encode_residual(model, x_hat, x255)]
+            strings, decoded = encode_residual(model, x_hat, x255, max_error)
+        error = int(np.abs(decoded - x255).max(initial=0))
+        if error > max_error:  # cannot happen by construction; never write a file that breaks the bound
+            raise CompressMLError(f"internal error: the decoded image would be {error} levels off (bound {max_error}); no file written")
+        sections += [(MAX_ERROR, bytes([max_error]))] if max_error else []
+        sections += [(RESIDUAL, string) for string in strings]
     sections += alpha_section(image)
     # lossless mode is exact at 8 bits per channel: a 16-bit source comes back as its 8-bit conversion
     bit_depth = 8 if model.lossless and image.alpha is None else image.bit_depth
@@ -314,6 +371,16 @@ def encode(model: MLLAE, image: SourceImage, fingerprint: bytes, entropy: str = 
         pad_w=(-w) % g.block,
         sections=sections,
     )
+
+
+def file_max_error(container: Container) -> int:
+    """The near-lossless bound D a file was made with (0: lossless or lossy)."""
+    found = container.sections_of(MAX_ERROR)
+    if not found:
+        return 0
+    if len(found) != 1 or len(found[0]) != 1 or not 1 <= found[0][0] <= MAX_ERROR_LIMIT:
+        raise ContainerError("malformed near-lossless bound section")
+    return found[0][0]
 
 
 def block_payload_sizes(container: Container, model: MLLAE) -> list[int]:
@@ -349,7 +416,7 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     if container.family != "mllae":
         raise ContainerError(f"this file holds a {container.family!r} code, not an MLLAE one")
     check_fingerprint(container, fingerprint)
-    container.check_kinds({META, LENGTHS, BLOCKS, RESIDUAL, ALPHA})
+    container.check_kinds({META, LENGTHS, BLOCKS, RESIDUAL, MAX_ERROR, ALPHA})
     g = model.geometry
     meta = container.section(META)
     if len(meta) != _META.size:
@@ -368,6 +435,9 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
         raise ContainerError("padding does not match the image size and the block size")
     if model.lossless:
         check_lossless_memory(h, w, "decoding")
+    max_error = file_max_error(container)
+    if max_error and lossless != LOSSLESS_EXACT:
+        raise ContainerError("a near-lossless bound in a file that is not in exact lossless mode")
     # the block codes (int64) and the network's output, before either is allocated
     limits.check_decode_memory(
         h + container.pad_h, w + container.pad_w, limits.LAE_BYTES_PER_PIXEL + 8 * g.elements // (g.block * g.block) + 1
@@ -396,7 +466,7 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     if lossless == LOSSLESS_EXACT:
         with ExactArithmetic():
             x_hat = model.decode(codes_t, grid, (h, w))
-            x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL))
+            x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL), max_error)
     elif lossless == LOSSLESS_FLOAT:  # older files: this machine's float arithmetic, as they were made
         x255 = decode_residual(model, model.decode(codes_t, grid, (h, w)), container.sections_of(RESIDUAL))
     else:
