@@ -145,6 +145,7 @@ class Codec:
         ms_ssim: float | None = None,
         roi: ImageLike | None = None,
         roi_quality: float | None = None,
+        max_error: int | None = None,
     ) -> bytes:
         """The bytes of a ``.cml`` file holding ``image``.
 
@@ -152,23 +153,31 @@ class Codec:
         among the fixed-rate premade family (an installation without the default);
         ``max_bytes`` (a guarantee), ``bpp``, ``psnr`` or ``ms_ssim``: rate control by bisection on
         real coding (give one); ``roi``: a mask (nonzero = region) given more bits, ``roi_quality``
-        the region's quality (variable-rate LAE)."""
+        the region's quality (variable-rate LAE); ``max_error``: near-lossless, every sample within
+        ±D of the 8-bit original (an MLLAE in lossless mode, such as ``mllae-lossless``; 0: lossless)."""
         from compressml.codec.files import encode_image
 
         src = source_image(image)
+        if max_error is not None:
+            if any(v is not None for v in (quality, max_bytes, bpp, psnr, ms_ssim, roi, roi_quality)):
+                raise ConfigError("max_error (near-lossless MLLAE) goes alone: no quality, rate control or roi")
+            if self._coder is None or not hasattr(self._coder, "near_lossless"):
+                raise ConfigError(f"max_error needs an MLLAE in lossless mode (e.g. mllae-lossless); {self.name} is not one")
+            return self._coder.near_lossless(max_error).encode(src).to_bytes()
         coder, request = self._prepare(quality, _target(max_bytes, bpp, psnr, ms_ssim), roi, roi_quality)
         container, _ = encode_image(coder, src, request)
         return container.to_bytes()
 
-    def decompress(self, data: bytes) -> Image.Image:
-        """The image in ``data`` (a ``.cml`` file's bytes, from this model)."""
+    def decompress(self, data: bytes, region: tuple[int, int, int, int] | None = None) -> Image.Image:
+        """The image in ``data`` (a ``.cml`` file's bytes, from this model), or its ``region``
+        (x, y, width, height): an MLLAE-N file decodes only the blocks under it."""
         from compressml.codec.files import to_pil
 
         container = _parse(data)
         coder = self._coder
         if coder is None:  # the premade family: the member that made the file
             coder = _loaded(_premade_for(container.fingerprint))
-        return to_pil(_decode(coder, container))
+        return to_pil(_decode(coder, container, region))
 
     def upscale(self, image: ImageLike, tile: int | None = 256) -> Image.Image:
         """A RED model's super-resolution of ``image`` (8-bit; grey stays grey, alpha bicubic)."""
@@ -284,10 +293,19 @@ def _parse(data: bytes):
     return cml.parse(bytes(data))
 
 
-def _decode(coder, container):
+def _decode(coder, container, region=None):
     from compressml.codec.files import decode_container
 
-    return decode_container(coder, container)
+    return decode_container(coder, container, None if region is None else _region(region))
+
+
+def _region(region) -> tuple[int, int, int, int]:
+    import numpy as np
+
+    values = tuple(region) if isinstance(region, (tuple, list)) else ()
+    if len(values) != 4 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+        raise ConfigError(f"region must be (x, y, width, height) in whole pixels, got {region!r}")
+    return tuple(int(v) for v in values)
 
 
 def load(name_or_path: str | os.PathLike | None = None, base: str | None = None) -> Codec:
@@ -344,24 +362,30 @@ def compress(
     ms_ssim: float | None = None,
     roi: ImageLike | None = None,
     roi_quality: float | None = None,
+    max_error: int | None = None,
 ) -> bytes:
     """``image`` compressed to the bytes of a ``.cml`` file (see :meth:`Codec.compress`).
 
-    ``model``: a name, path or :class:`Codec` (default: the premade variable-rate LAE, ``quality`` 0..100)."""
+    ``model``: a name, path or :class:`Codec` (default: the premade variable-rate LAE, ``quality`` 0..100;
+    with ``max_error``, the premade ``mllae-lossless``)."""
+    if model is None and max_error is not None:
+        model = "mllae-lossless"
     codec = model if isinstance(model, Codec) else load(model)
-    return codec.compress(image, quality, max_bytes=max_bytes, bpp=bpp, psnr=psnr, ms_ssim=ms_ssim, roi=roi, roi_quality=roi_quality)
+    return codec.compress(
+        image, quality, max_bytes=max_bytes, bpp=bpp, psnr=psnr, ms_ssim=ms_ssim, roi=roi, roi_quality=roi_quality, max_error=max_error
+    )
 
 
-def decompress(data: bytes, model: str | os.PathLike | Codec | None = None) -> Image.Image:
+def decompress(data: bytes, model: str | os.PathLike | Codec | None = None, region: tuple[int, int, int, int] | None = None) -> Image.Image:
     """The image in a ``.cml`` file's bytes. ``model``: the model that made it (default: the premade
-    model its header names)."""
+    model its header names); ``region``: only (x, y, width, height) of it (see :meth:`Codec.decompress`)."""
     if model is None:
         container = _parse(data)
         from compressml.codec.files import to_pil
 
-        return to_pil(_decode(_loaded(_premade_for(container.fingerprint)), container))
+        return to_pil(_decode(_loaded(_premade_for(container.fingerprint)), container, region))
     codec = model if isinstance(model, Codec) else load(model)
-    return codec.decompress(data)
+    return codec.decompress(data, region)
 
 
 def upscale(

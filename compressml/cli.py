@@ -174,6 +174,8 @@ def _decompress(args: argparse.Namespace) -> int:
     jobs = _outputs(pairs, args.output, "." + args.format)
     _refuse_existing([dst for _, dst in jobs], args.force)
     originals = Path(args.originals) if args.originals else None
+    if originals is not None and args.region is not None:
+        raise CompressMLError("--originals compares whole images; it does not go with --region")
     if originals is not None and not originals.exists():
         raise CompressMLError(f"{originals}: no such folder or file (--originals)")
     rel_of = {src: rel for src, rel in pairs}
@@ -187,8 +189,8 @@ def _decompress(args: argparse.Namespace) -> int:
         key = None if args.model is not None else _premade_for_file(src)
         if key not in models:
             models[key] = load_codec(key)
-        r = decompress_file(models[key], src, dst, fmt=args.format, force=args.force)
-        r.update(bytes_in=src.stat().st_size, bytes_out=dst.stat().st_size, bpp=8 * src.stat().st_size / (r["width"] * r["height"]))
+        r = decompress_file(models[key], src, dst, fmt=args.format, force=args.force, region=args.region)
+        r.update(bytes_in=src.stat().st_size, bytes_out=dst.stat().st_size, bpp=8 * src.stat().st_size / r["pixels"])
         if originals is not None:
             original = originals if originals.is_file() else find_original(originals, rel_of[src])
             if original is None:
@@ -197,7 +199,8 @@ def _decompress(args: argparse.Namespace) -> int:
         return r
 
     def line(r: dict) -> str:
-        return f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}" + (f", {r['psnr']:.2f} dB" if "psnr" in r else "")
+        where = f" (region at {r['region'][0]},{r['region'][1]})" if r.get("region") else ""
+        return f"{r['input']} -> {r['output']}: {r['width']}x{r['height']}{where}" + (f", {r['psnr']:.2f} dB" if "psnr" in r else "")
 
     return _finish(run_batch(jobs, work, line, "decompressing"), len(jobs), "decompressed")
 
@@ -309,6 +312,16 @@ def _steps(text: str) -> int:
     return value
 
 
+def _region(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[0] < 0 or values[1] < 0 or values[2] < 1 or values[3] < 1:
+        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in pixels (X, Y >= 0; WIDTH, HEIGHT >= 1), got {text!r}")
+    return values
+
+
 def _max_error(text: str) -> int:
     from compressml.codec.mllae import MAX_ERROR_LIMIT
 
@@ -408,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--originals",
         metavar="DIR",
         help="the original images (same relative paths, any image suffix; or one file): PSNR per file and on average",
+    )
+    dec.add_argument(
+        "--region",
+        type=_region,
+        metavar="X,Y,W,H",
+        help="decode only this region (pixels: left, top, width, height); an MLLAE-N file decodes just the blocks "
+        "under it (random access), other files decode whole and are cropped",
     )
     dec.add_argument("--force", action="store_true", help="overwrite existing outputs")
     dec.set_defaults(func=_decompress)

@@ -307,10 +307,10 @@ class MLLAEFamily(Family):
 
         return mllae.encode(net, image, fingerprint, entropy, max_error=max_error)
 
-    def decode(self, net, container, fingerprint):
+    def decode(self, net, container, fingerprint, region=None):
         from compressml.codec import mllae
 
-        return mllae.decode(net, container, fingerprint)
+        return mllae.decode(net, container, fingerprint, region=region)
 
     def record_extras(self, net, container) -> dict:
         from compressml.codec.mllae import block_payload_sizes

@@ -167,11 +167,18 @@ class CodecModel:
                 self.net, image, self.fingerprint, refinement=self.refinement, decoding_mode=self.decoding_mode, **extra, **self.options
             )
 
-    def decode(self, container: cml.Container) -> SourceImage:
+    def decode(self, container: cml.Container, region: tuple[int, int, int, int] | None = None) -> SourceImage:
+        """The file's image, or its ``region`` (x, y, width, height): an MLLAE-N file decodes only the
+        blocks under it (random access); other files decode whole and are cropped."""
         if container.family != self.family:
             raise cml.ContainerError(f"this file holds a {container.family!r} code; the model is {self.family!r}")
+        if region is not None:
+            lae_codec.region_inside(region, container.height, container.width)
         with torch.no_grad():
-            return family(self.family).decode(self.net, container, self.fingerprint)
+            if region is not None and self.family == "mllae":
+                return family(self.family).decode(self.net, container, self.fingerprint, region=region)
+            image = family(self.family).decode(self.net, container, self.fingerprint)
+        return image if region is None else image.crop(region)
 
 
 def _red_hint(path) -> str:
@@ -311,27 +318,39 @@ def read_container(path: Path) -> cml.Container:
         raise cml.ContainerError(f"{path}: {e}") from None
 
 
-def decode_container(model, container: cml.Container) -> SourceImage:
-    """``model.decode``, with the rANS decoder's refusal of a damaged string as a ContainerError."""
+def decode_container(model, container: cml.Container, region: tuple[int, int, int, int] | None = None) -> SourceImage:
+    """``model.decode`` (of a ``region`` only, where given), with the rANS decoder's refusal of a
+    damaged string as a ContainerError."""
     try:
-        return model.decode(container)
+        if region is None:
+            return model.decode(container)
+        if isinstance(model, CodecModel):
+            return model.decode(container, region)
+        lae_codec.region_inside(region, container.height, container.width)  # the hybrid codec: whole, then cropped
+        return model.decode(container).crop(region)
     except CompressMLError:
         raise
     except (ValueError, RuntimeError) as e:
         raise cml.ContainerError(f"corrupt payload ({str(e).splitlines()[0]})") from None
 
 
-def decompress_file(model: CodecModel, src: Path, dst: Path, fmt: str = "png", force: bool = False) -> dict:
+def decompress_file(
+    model: CodecModel, src: Path, dst: Path, fmt: str = "png", force: bool = False, region: tuple[int, int, int, int] | None = None
+) -> dict:
+    """Decode ``src`` to an image file ``dst`` (only ``region``, (x, y, width, height), where given)."""
     if fmt not in OUTPUT_FORMATS:
         raise CompressMLError(f"unknown output format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
     container = read_container(src)
     try:
-        image = decode_container(model, container)
+        image = decode_container(model, container, region)
     except cml.ContainerError as e:
         raise cml.ContainerError(f"{src}: {e}") from None
+    except CompressMLError as e:
+        raise CompressMLError(f"{src}: {e}") from None
     pil = to_pil(image)
     atomic_write(dst, lambda tmp: pil.save(tmp, format=OUTPUT_FORMATS[fmt], **({"lossless": True} if fmt == "webp" else {})), force)
-    return {"input": str(src), "output": str(dst), "height": container.height, "width": container.width}
+    h, w = image.rgb.shape[-2:]
+    return {"input": str(src), "output": str(dst), "height": h, "width": w, "region": region, "pixels": container.height * container.width}
 
 
 def describe(path: Path) -> dict:

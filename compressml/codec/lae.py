@@ -168,6 +168,19 @@ class SourceImage:
     bit_depth: int = 8
     alpha: np.ndarray | None = None  # (H, W) uint8 or uint16
 
+    def crop(self, region: tuple[int, int, int, int]) -> SourceImage:
+        """The region (x, y, width, height) of this image (see :func:`region_inside`)."""
+        x, y, rw, rh = region
+        alpha = None if self.alpha is None else self.alpha[y : y + rh, x : x + rw].copy()
+        return SourceImage(rgb=self.rgb[:, y : y + rh, x : x + rw].clone(), channels=self.channels, bit_depth=self.bit_depth, alpha=alpha)
+
+
+def region_inside(region: tuple[int, int, int, int], h: int, w: int) -> None:
+    """Refuse, in one line, a region (x, y, width, height) that is not inside an h x w image."""
+    x, y, rw, rh = region
+    if rw < 1 or rh < 1 or x < 0 or y < 0 or x + rw > w or y + rh > h:
+        raise CompressMLError(f"the region {x},{y},{rw},{rh} (x,y,width,height) is not inside the {w}x{h} image")
+
 
 def encode(
     model: CompressionModel,

@@ -48,6 +48,7 @@ from compressml.codec.lae import (
     alpha_section,
     check_fingerprint,
     decode_alpha,
+    region_inside,
 )
 from compressml.codec.tiling import TiledTransform
 from compressml.errors import CompressMLError
@@ -402,17 +403,10 @@ def block_payload_sizes(container: Container, model: MLLAE) -> list[int]:
     return lengths
 
 
-def _block_payloads(container: Container, model: MLLAE) -> list[bytes]:
-    data = container.section(BLOCKS)
-    lengths = block_payload_sizes(container, model)
-    out, pos = [], 0
-    for n in lengths:
-        out.append(data[pos : pos + n])
-        pos += n
-    return out
-
-
-def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImage:
+def decode(model: MLLAE, container: Container, fingerprint: bytes, region: tuple[int, int, int, int] | None = None) -> SourceImage:
+    """The image of a file, or only its ``region`` (x, y, width, height): a lossy (MLLAE-N) file
+    decodes just the blocks under it (random access: every block's payload is found from the block
+    lengths and decoded alone); a lossless one decodes whole and is cropped."""
     if container.family != "mllae":
         raise ContainerError(f"this file holds a {container.family!r} code, not an MLLAE one")
     check_fingerprint(container, fingerprint)
@@ -431,6 +425,8 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     ):
         raise ContainerError("unknown entropy stage or lossless flag in the MLLAE metadata")
     h, w = container.height, container.width
+    if region is not None:
+        region_inside(region, h, w)
     if container.pad_h != (-h) % g.block or container.pad_w != (-w) % g.block:
         raise ContainerError("padding does not match the image size and the block size")
     if model.lossless:
@@ -444,25 +440,9 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
     )
     grid = ((h + container.pad_h) // g.block, (w + container.pad_w) // g.block)
     count = grid[0] * grid[1]
-    cdfs = code_cdfs(model) if entropy == ENTROPY_STAGES["rans"] else None
-    channel = np.repeat(np.arange(g.latent_channels), g.side * g.side)
-    codes = np.empty((count, g.elements), dtype=np.int64)
-    for i, payload in enumerate(_block_payloads(container, model)):
-        if len(payload) == g.code_bytes:
-            codes[i] = unpack_codes(payload, g.elements, g.bits)
-        elif entropy == ENTROPY_STAGES["lzma"]:
-            try:
-                raw = lzma.decompress(payload, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-            except lzma.LZMAError:
-                raise ContainerError("corrupt lzma block payload") from None
-            if len(raw) != g.code_bytes:
-                raise ContainerError("an lzma block payload has the wrong size")
-            codes[i] = unpack_codes(raw, g.elements, g.bits)
-        else:
-            codes[i] = _rans_decode(payload, channel, cdfs, 0)
-    if codes.max(initial=0) >= 2**g.bits or codes.min(initial=0) < 0:
-        raise ContainerError("block code values out of range")
-    codes_t = torch.from_numpy(codes).view(count, g.latent_channels, g.side, g.side).to(next(model.parameters()).device)
+    if region is not None and lossless == LOSSY:  # random access: only the blocks under the region
+        return _decode_region(model, container, entropy, grid, region)
+    codes_t = _block_codes(model, container, entropy, range(count))
     if lossless == LOSSLESS_EXACT:
         with ExactArithmetic():
             x_hat = model.decode(codes_t, grid, (h, w))
@@ -474,4 +454,53 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes) -> SourceImag
             x_hat = model.decode(codes_t, grid, (h, w))
     if model.lossless:
         x_hat = torch.from_numpy(x255[None]).float().div(255)
-    return SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth, alpha=decode_alpha(container, h, w))
+    image = SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth, alpha=decode_alpha(container, h, w))
+    return image if region is None else image.crop(region)
+
+
+def _block_codes(model: MLLAE, container: Container, entropy: int, indexes) -> torch.Tensor:
+    """The integer codes of the blocks ``indexes`` (row-major block numbers), (len, C, side, side):
+    each payload is found from the block lengths and decoded alone."""
+    g = model.geometry
+    data = container.section(BLOCKS)
+    lengths = block_payload_sizes(container, model)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    cdfs = code_cdfs(model) if entropy == ENTROPY_STAGES["rans"] else None
+    channel = np.repeat(np.arange(g.latent_channels), g.side * g.side)
+    indexes = list(indexes)
+    codes = np.empty((len(indexes), g.elements), dtype=np.int64)
+    for k, i in enumerate(indexes):
+        payload = data[starts[i] : starts[i + 1]]
+        if len(payload) == g.code_bytes:
+            codes[k] = unpack_codes(payload, g.elements, g.bits)
+        elif entropy == ENTROPY_STAGES["lzma"]:
+            try:
+                raw = lzma.decompress(payload, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+            except lzma.LZMAError:
+                raise ContainerError("corrupt lzma block payload") from None
+            if len(raw) != g.code_bytes:
+                raise ContainerError("an lzma block payload has the wrong size")
+            codes[k] = unpack_codes(raw, g.elements, g.bits)
+        else:
+            codes[k] = _rans_decode(payload, channel, cdfs, 0)
+    if codes.max(initial=0) >= 2**g.bits or codes.min(initial=0) < 0:
+        raise ContainerError("block code values out of range")
+    return torch.from_numpy(codes).view(len(indexes), g.latent_channels, g.side, g.side).to(next(model.parameters()).device)
+
+
+def _decode_region(model: MLLAE, container: Container, entropy: int, grid: tuple[int, int], region) -> SourceImage:
+    """The blocks that cover the region, decoded as a whole decode decodes them (in decoder batches
+    of a fixed size, in fixed bands: :meth:`MLLAE.decode`), then cropped."""
+    b = model.geometry.block
+    x, y, rw, rh = region
+    rows, cols = range(y // b, (y + rh - 1) // b + 1), range(x // b, (x + rw - 1) // b + 1)
+    codes = _block_codes(model, container, entropy, [r * grid[1] + c for r in rows for c in cols])
+    with fixed_partition(model.decoder):
+        x_hat = model.decode(codes, (len(rows), len(cols)), (len(rows) * b, len(cols) * b))
+    top, left = rows[0] * b, cols[0] * b
+    # the alpha plane (zlib, the whole image) is cropped to the same region
+    covered = SourceImage(rgb=x_hat[0].cpu(), channels=container.channels, bit_depth=container.bit_depth)
+    image = covered.crop((x - left, y - top, rw, rh))
+    alpha = decode_alpha(container, container.height, container.width)
+    image.alpha = None if alpha is None else alpha[y : y + rh, x : x + rw].copy()
+    return image

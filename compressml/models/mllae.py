@@ -239,7 +239,8 @@ def channel_mean(mu: torch.Tensor, coupling: torch.Tensor, x255: torch.Tensor, c
 
 LOSSLESS_MIN_SCALE, LOSSLESS_MAX_SCALE = 0.1, 64.0
 RESIDUAL_INIT_SCALE = 8.0
-CHUNK_BLOCKS = 64  # blocks per encoder/decoder call when coding (bounds memory on large images)
+CHUNK_BLOCKS = 64  # blocks per encoder call when coding (bounds memory on large images)
+DECODE_CHUNK = 4  # blocks per decoder call, always (see MLLAE.decode)
 
 
 def discretized_logistic_bits(x255: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -358,7 +359,17 @@ class MLLAE(nn.Module):
         return torch.cat(codes), grid, size
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], chunk: int = CHUNK_BLOCKS) -> torch.Tensor:
-        """Integer codes -> the reconstruction in [0, 1], cropped to ``size``."""
-        parts = [self.decode_blocks(self.quantizer.dequantize(part)) for part in codes.split(chunk)]
+    def decode(self, codes: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], chunk: int = DECODE_CHUNK) -> torch.Tensor:
+        """Integer codes -> the reconstruction in [0, 1], cropped to ``size``.
+
+        Blocks go through the decoder ``chunk`` at a time, the last group filled up with zero codes:
+        every block is decoded in a batch of the same size, because a library may pick another kernel
+        (another rounding) for another batch size. A block's pixels therefore do not depend on how
+        many blocks are decoded with it, and decoding a region gives the pixels of a whole decode."""
+        parts = []
+        for part in codes.split(chunk):
+            n = part.shape[0]
+            if n < chunk:
+                part = torch.cat([part, part.new_zeros((chunk - n, *part.shape[1:]))])
+            parts.append(self.decode_blocks(self.quantizer.dequantize(part))[:n])
         return from_blocks(torch.cat(parts), grid, size).clamp_(0, 1)
