@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BENCH)/codec_speed.py --variants mean_scale --checkpoint mean_scale=compressml/premade/lae-q3 --out benchmarks/results/codec_speed_premade.json
 	$(BENCH)/red_sr.py --premade --out benchmarks/results/red_premade.json
 	$(BENCH)/mllae_kodak.py --lossless compressml/premade/mllae-lossless --lossless-only --out benchmarks/results/mllae_premade.json
+	$(BENCH)/mllae_anchors.py --threads 1
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache

@@ -10,6 +10,11 @@ of BD-rate against log(hours) (the extrapolation the README quotes, not a promis
     .venv/bin/python benchmarks/learning_curve.py --images 8 \\
         4.11=benchmarks/models/vr-mean_scale-13695 4.94=benchmarks/models/vr-mean_scale-13695-plus8154 \\
         6.95=benchmarks/models/vr-mean_scale-chain-7h
+    .venv/bin/python benchmarks/learning_curve.py --images 8 --append 8.03=path/to/newer/snapshot
+
+``--append`` keeps the rows of the existing JSON (snapshots whose files may be gone) and adds the new
+ones, measured on the same images at the same qualities (classical codecs and our decoding are
+deterministic, so the rows are comparable), then refits and replots.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kodak", type=Path, default=KODAK)
     p.add_argument("--qualities", type=float, nargs="+", default=list(QUALITIES))
     p.add_argument("--out", type=Path, default=RESULTS / "learning_curve.json")
+    p.add_argument("--append", action="store_true", help="keep the rows already in --out (same images and qualities)")
     args = p.parse_args(argv)
     started = time.perf_counter()
     from compressml.evaluation import LearnedModel
@@ -116,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     # a variable-rate model's curve is named "<curve>:<setting>"
     curve_of = {name.split(":")[0]: name for name in result["bd_rate"]}
     rows = [{"hours": h, "snapshot": str(path), "bd": result["bd_rate"][curve_of[f"h{h:g}"]]} for h, path in snapshots]
+    if args.append and args.out.exists():
+        import json
+
+        before = json.loads(args.out.read_text())
+        if before.get("images") != len(images) or before.get("qualities") != args.qualities:
+            raise SystemExit(f"--append: {args.out} was measured on other images or qualities")
+        new = {r["hours"] for r in rows}
+        rows = sorted([r for r in before["rows"] if r["hours"] not in new] + rows, key=lambda r: r["hours"])
     fits = {}
     for codec, target in TARGETS.items():
         f = fit([(r["hours"], r["bd"][codec]["psnr"]) for r in rows if r["bd"].get(codec, {}).get("psnr") is not None])
