@@ -236,7 +236,8 @@ def measure_mllae(name: str, images) -> dict:
     (r,) = [r for r in result["averages"] if r["codec"] == name]
     if r["exact"] < r["images"]:  # a lossy MLLAE-N
         return {
-            "kodak": {k: round(r[k], 4) for k in ("bpp", "psnr", "ms_ssim")} | {"block_bytes_max": r["block_bytes_max"], "images": r["images"]},
+            "kodak": {k: round(r[k], 4) for k in ("bpp", "psnr", "ms_ssim")}
+            | {"block_bytes_max": r["block_bytes_max"], "images": r["images"]},
             "summary": f"Kodak {r['bpp']:.3f} bpp, {r['psnr']:.2f} dB; largest block {r['block_bytes_max']} of {r['block_budget']} bytes",
         }
     return {
