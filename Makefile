@@ -64,7 +64,7 @@ BENCH := $(RUN) python benchmarks
 bench: $(STAMP)
 	$(BENCH)/rd_kodak.py --refine 50
 	$(BENCH)/rd_kodak.py --images-dir ../shared/data/set14/HR ../shared/data/set5/HR --out benchmarks/results/rd_other.json
-	$(BENCH)/learning_curve.py --images 8 4.11=benchmarks/models/vr-mean_scale-13695 4.94=benchmarks/models/vr-mean_scale-13695-plus8154 6.95=benchmarks/models/vr-mean_scale-chain-7h
+	$(BENCH)/learning_curve.py --images 8 4.11=benchmarks/models/vr-mean_scale-13695 4.94=benchmarks/models/vr-mean_scale-13695-plus8154 6.95=benchmarks/models/vr-mean_scale-chain-7h 8.03=benchmarks/models/vr-mean_scale-chain-8h
 	$(BENCH)/train_throughput.py --steps 60 --rounds 5
 	$(BENCH)/lightning_overhead.py
 	$(BENCH)/train_options.py
