@@ -187,6 +187,46 @@ def test_lossless_round_trip_is_bit_exact(shape, entropy):
     assert np.array_equal((decoded.rgb * 255).round().byte().permute(1, 2, 0).numpy(), rgb)
 
 
+def grey_source(h: int = 40, w: int = 36, channels: int = 1) -> SourceImage:
+    grey = torch.from_numpy(smooth_image(h, w)[..., 1].copy()).float().div(255)
+    return SourceImage(rgb=grey.expand(3, h, w).clone(), channels=channels)
+
+
+@pytest.mark.parametrize("bound", [0, 2])
+def test_a_grey_image_codes_its_residual_once(bound):
+    model = tiny_mllae(lossless=True, quantizer="ste", bits=2)
+    grey = codec.encode(model, grey_source(), FP, "rans", max_error=bound)
+    as_colour = codec.encode(model, grey_source(channels=3), FP, "rans", max_error=bound)  # the same pixels, said to be RGB
+    assert grey.section(codec.META)[-1] == codec.LOSSLESS_EXACT_GREY and as_colour.section(codec.META)[-1] == codec.LOSSLESS_EXACT
+    assert len(grey.sections_of(codec.RESIDUAL)) * 3 == len(as_colour.sections_of(codec.RESIDUAL))
+    assert len(grey.to_bytes()) < 0.6 * len(as_colour.to_bytes())
+    decoded = codec.decode(model, cml.parse(grey.to_bytes()), FP).rgb
+    assert torch.equal(decoded[0], decoded[1]) and torch.equal(decoded[0], decoded[2])
+    error = (decoded[0] * 255).round() - (grey_source().rgb[0] * 255).round()
+    assert error.abs().max() <= bound
+
+
+def test_grey_files_of_the_earlier_layout_still_decode():
+    """Before flag 3 a grey image's residual was coded for R, G and B (flag 2): such files decode as they did."""
+    model = tiny_mllae(lossless=True, quantizer="ste", bits=2)
+    colour = codec.encode(model, grey_source(channels=3), FP, "rans")
+    earlier = cml.Container(**{**colour.__dict__, "channels": 1})
+    decoded = codec.decode(model, cml.parse(earlier.to_bytes()), FP)
+    assert decoded.channels == 1 and torch.equal((decoded.rgb * 255).round(), (grey_source().rgb * 255).round())
+
+
+def test_a_grey_flag_in_a_colour_file_is_refused():
+    model = tiny_mllae(lossless=True, quantizer="ste", bits=2)
+    grey = codec.encode(model, grey_source(), FP, "rans")
+    bad = cml.Container(**{**grey.__dict__, "channels": 3})
+    with pytest.raises(cml.ContainerError, match="coded once for grey in a colour file"):
+        codec.decode(model, cml.parse(bad.to_bytes()), FP)
+    residuals = [k for k, (kind, _) in enumerate(grey.sections) if kind == codec.RESIDUAL]
+    short = cml.Container(**{**grey.__dict__, "sections": [sec for k, sec in enumerate(grey.sections) if k != residuals[-1]]})
+    with pytest.raises(cml.ContainerError, match="wrong number of residual sections"):
+        codec.decode(model, cml.parse(short.to_bytes()), FP)
+
+
 @pytest.fixture(scope="module")
 def lossless_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)

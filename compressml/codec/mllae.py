@@ -3,7 +3,8 @@
 Sections:
 
 - ``META``: block, N, bits, latent channels, latent side, the entropy stage, lossless flag
-  (0: lossy; 1: lossless, float arithmetic (older files); 2: lossless, exact arithmetic).
+  (0: lossy; 1: lossless, float arithmetic (older files); 2: lossless, exact arithmetic; 3: as 2, for a
+  grey image whose residual is coded once, R only, G and B being its copies).
 - ``LENGTHS``: each block's payload length as a varint (absent when every block is raw).
 - ``BLOCKS``: the block payloads, in row-major block order. A payload is the packed
   fixed-length code (``code_bytes <= N`` bytes), or, with an entropy stage, its
@@ -66,7 +67,8 @@ from compressml.models.mllae import (
 META, LENGTHS, BLOCKS, RESIDUAL, MAX_ERROR = 0x01, 0x02, 0x11, 0x12, 0x13
 MAX_ERROR_LIMIT = 127  # the largest --max-error (JPEG-LS allows NEAR up to 127 for 8-bit samples)
 ENTROPY_STAGES = {"none": 0, "lzma": 1, "rans": 2}
-LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT = 0, 1, 2  # META's lossless flag
+LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT, LOSSLESS_EXACT_GREY = 0, 1, 2, 3  # META's lossless flag
+EXACT_FLAGS = (LOSSLESS_EXACT, LOSSLESS_EXACT_GREY)  # exact arithmetic; 3: a grey image, one channel coded
 _META = struct.Struct(">HIBHHBB")
 PRECISION = 16  # rANS CDF precision (CompressAI's)
 RANS_MIN_SYMBOLS = 16  # shorter strings are padded (see _padded)
@@ -238,10 +240,13 @@ def _chunks(n: int) -> list[slice]:
     return [slice(i, i + RESIDUAL_CHUNK) for i in range(0, n, RESIDUAL_CHUNK)]
 
 
-def encode_residual(model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray, max_error: int = 0) -> tuple[list[bytes], np.ndarray]:
+def encode_residual(
+    model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray, max_error: int = 0, grey: bool = False
+) -> tuple[list[bytes], np.ndarray]:
     """The 8-bit image (3, H, W) given the reconstruction, coded phase by phase and channel by
     channel (see :data:`~compressml.models.mllae.PHASES`), each sample within ±``max_error``: the
-    strings and the image the decoder will make of them (``x255`` itself when ``max_error`` is 0)."""
+    strings and the image the decoder will make of them (``x255`` itself when ``max_error`` is 0).
+    ``grey`` (R = G = B): only R is coded, and G and B are its copies on both sides."""
     decoded = np.zeros_like(x255)
     values = torch.zeros_like(x_hat)
     known = torch.zeros_like(x_hat)
@@ -250,22 +255,32 @@ def encode_residual(model: MLLAE, x_hat: torch.Tensor, x255: np.ndarray, max_err
     for m in phase_masks(x255.shape[-2:], x_hat.device):
         mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m, max_error)
         sel = m[0, 0].cpu().numpy()
-        for c in range(3):
+        for c in range(1 if grey else 3):
             centre = _centre(mu, coupling, values, c)[sel]
             symbols, idx = quantize_residual(x255[c][sel] - centre, max_error), index[c][sel]
             strings += [_rans_encode(symbols[k], idx[k], cdfs, offset) for k in _chunks(symbols.size)]
             decoded[c][sel] = dequantize_residual(centre, symbols, max_error)
             values[0, c][m[0, 0]] = torch.from_numpy(decoded[c][sel]).to(values)
+        if grey:
+            _copy_grey(decoded, values, m, sel)
         known = torch.where(m, values / 255, known)
         known_mask |= m
     return strings, decoded
 
 
-def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes], max_error: int = 0) -> np.ndarray:
+def _copy_grey(decoded: np.ndarray, values: torch.Tensor, m: torch.Tensor, sel: np.ndarray) -> None:
+    """A grey image: G and B of this phase's pixels are R's decoded values."""
+    for c in (1, 2):
+        decoded[c][sel] = decoded[0][sel]
+        values[0, c][m[0, 0]] = values[0, 0][m[0, 0]]
+
+
+def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes], max_error: int = 0, grey: bool = False) -> np.ndarray:
     """Inverse of :func:`encode_residual`: the 8-bit image (3, H, W), exact or within ±``max_error``."""
     shape = (3, *x_hat.shape[-2:])
     masks = phase_masks(shape[-2:], x_hat.device)
-    if len(strings) != sum(3 * len(_chunks(int(m.sum()))) for m in masks):
+    coded = 1 if grey else 3
+    if len(strings) != sum(coded * len(_chunks(int(m.sum()))) for m in masks):
         raise ContainerError("wrong number of residual sections for the image size")
     x255 = np.zeros(shape, dtype=np.int64)
     values = torch.zeros_like(x_hat)
@@ -275,7 +290,7 @@ def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes], max
     for m in masks:
         mu, coupling, index = _phase_params(model, x_hat, known, known_mask, m, max_error)
         sel = m[0, 0].cpu().numpy()
-        for c in range(3):
+        for c in range(coded):
             idx = index[c][sel]
             parts = []
             for k in _chunks(idx.size):
@@ -287,6 +302,8 @@ def decode_residual(model: MLLAE, x_hat: torch.Tensor, strings: list[bytes], max
                 raise ContainerError("corrupt residual payload")
             x255[c][sel] = decoded
             values[0, c][m[0, 0]] = torch.from_numpy(decoded).to(values)
+        if grey:
+            _copy_grey(x255, values, m, sel)
         known = torch.where(m, values / 255, known)
         known_mask |= m
     return x255
@@ -342,7 +359,9 @@ def encode(
                 coded = _rans_encode(codes_np[i], channel, cdfs, 0)
             if len(coded) < len(raw):
                 payloads[i] = coded
-    flag = (LOSSLESS_EXACT if exact else LOSSLESS_FLOAT) if model.lossless else LOSSY
+    # a grey image (one channel in the file, R = G = B) codes its residual once, in exact arithmetic
+    grey = exact and model.lossless and image.channels in (1, 2) and bool((image.rgb[1:] == image.rgb[:1]).all())
+    flag = (LOSSLESS_EXACT_GREY if grey else LOSSLESS_EXACT if exact else LOSSLESS_FLOAT) if model.lossless else LOSSY
     meta = _META.pack(g.block, g.bytes, g.bits, g.latent_channels, g.side, ENTROPY_STAGES[entropy], flag)
     sections = [(META, meta)]
     if entropy != "none":
@@ -352,7 +371,7 @@ def encode(
         x255 = (image.rgb * 255).round().long().numpy()
         with ExactArithmetic() if exact else contextlib.nullcontext():
             x_hat = model.decode(codes, grid, (h, w))
-            strings, decoded = encode_residual(model, x_hat, x255, max_error)
+            strings, decoded = encode_residual(model, x_hat, x255, max_error, grey)
         error = int(np.abs(decoded - x255).max(initial=0))
         if error > max_error:  # cannot happen by construction; never write a file that breaks the bound
             raise CompressMLError(f"internal error: the decoded image would be {error} levels off (bound {max_error}); no file written")
@@ -420,7 +439,7 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes, region: tuple
         raise ContainerError("the file's block geometry does not match the model")
     if (
         entropy not in ENTROPY_STAGES.values()
-        or lossless not in (LOSSY, LOSSLESS_FLOAT, LOSSLESS_EXACT)
+        or lossless not in (LOSSY, LOSSLESS_FLOAT, *EXACT_FLAGS)
         or (lossless != LOSSY) != model.lossless
     ):
         raise ContainerError("unknown entropy stage or lossless flag in the MLLAE metadata")
@@ -432,8 +451,10 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes, region: tuple
     if model.lossless:
         check_lossless_memory(h, w, "decoding")
     max_error = file_max_error(container)
-    if max_error and lossless != LOSSLESS_EXACT:
+    if max_error and lossless not in EXACT_FLAGS:
         raise ContainerError("a near-lossless bound in a file that is not in exact lossless mode")
+    if lossless == LOSSLESS_EXACT_GREY and container.channels not in (1, 2):
+        raise ContainerError("a residual coded once for grey in a colour file")
     # the block codes (int64) and the network's output, before either is allocated
     limits.check_decode_memory(
         h + container.pad_h, w + container.pad_w, limits.LAE_BYTES_PER_PIXEL + 8 * g.elements // (g.block * g.block) + 1
@@ -443,10 +464,10 @@ def decode(model: MLLAE, container: Container, fingerprint: bytes, region: tuple
     if region is not None and lossless == LOSSY:  # random access: only the blocks under the region
         return _decode_region(model, container, entropy, grid, region)
     codes_t = _block_codes(model, container, entropy, range(count))
-    if lossless == LOSSLESS_EXACT:
+    if lossless in EXACT_FLAGS:
         with ExactArithmetic():
             x_hat = model.decode(codes_t, grid, (h, w))
-            x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL), max_error)
+            x255 = decode_residual(model, x_hat, container.sections_of(RESIDUAL), max_error, lossless == LOSSLESS_EXACT_GREY)
     elif lossless == LOSSLESS_FLOAT:  # older files: this machine's float arithmetic, as they were made
         x255 = decode_residual(model, model.decode(codes_t, grid, (h, w)), container.sections_of(RESIDUAL))
     else:
