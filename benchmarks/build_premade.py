@@ -70,11 +70,12 @@ SPECS = {
     ),
     "mllae-n455": dict(
         family="mllae",
-        source="/tmp/train2/logs/n455b/runs/<run>/checkpoints/last.ckpt",
+        source="/tmp/train2/logs/n455c/runs/<run>/checkpoints/best.ckpt",
         data=TRAIN_DATA,
         recipe=(
             "python train.py experiment=premade/mllae_n callbacks.cpu_budget.seconds=2400 (stopped by hand at 1609 CPU s, "
-            "the checkpoint of step 3619, its validation PSNR levelling off near 23 dB)"
+            "step 3619); python train.py experiment=premade/mllae_n ckpt_path=<that run's last.ckpt> "
+            "callbacks.cpu_budget.seconds=4300 (resumed; it diverged at step 7000 at lr 1e-3, so its best.ckpt, step 6909, ships)"
         ),
         description="MLLAE-N, at most 455 bytes per 64x64 block (0.89 bpp, ASTC 12x12's rate), 4-bit codes + rANS",
     ),
